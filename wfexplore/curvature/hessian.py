@@ -1,0 +1,122 @@
+"""Exact Hessian blocks H_BB = ∂²L/∂w_B² of the mean training loss, beside the Fisher.
+
+L(w) = (1/N) Σ_i ℓ(f(x_i; w), y_i) over the first N examples of the data. Column j of a
+block is the Hessian-vector product H e_j (forward-over-reverse with ``torch.func``,
+vmapped over chunks of basis vectors), restricted to the block's rows. The model is
+copied and evaluated in eval mode, in float64 by default.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, jvp, vmap
+from tqdm.auto import tqdm
+
+from wfexplore._checks import positive_int
+from wfexplore.curvature.dense import (
+    DEFAULT_MAX_MEMORY_GB,
+    DenseBlockCurvature,
+    check_dense_memory,
+    group_blocks,
+)
+from wfexplore.gradients import LossFn
+from wfexplore.params import ParameterLayout
+
+DEFAULT_MAX_BLOCK_SIZE = 4096
+
+
+def hessian_blocks(
+    model: nn.Module,
+    data: Iterable,
+    layout: ParameterLayout,
+    *,
+    loss_fn: LossFn = F.cross_entropy,
+    num_examples: int | None = None,
+    damping: float = 0.0,
+    max_block_size: int = DEFAULT_MAX_BLOCK_SIZE,
+    max_memory_gb: float = DEFAULT_MAX_MEMORY_GB,
+    basis_chunk: int = 64,
+    dtype: torch.dtype = torch.float64,
+    progress: bool = True,
+) -> DenseBlockCurvature:
+    """Exact Hessian blocks H_BB (+ ``damping``·I) of the mean loss over the data.
+
+    ``num_examples`` limits the data used (default: all of it). Blocks larger than
+    ``max_block_size`` are refused with their estimated memory; raise the limit to allow them.
+    """
+    if not (damping >= 0 and damping < float("inf")):
+        raise ValueError(f"damping must be finite and ≥ 0 for a Hessian, got {damping!r}")
+    largest = max(layout.blocks, key=lambda b: b.size)
+    if largest.size > max_block_size:
+        name = layout.parameters[largest.layer].name
+        raise MemoryError(
+            f"a Hessian block of {name} has {largest.size} weights: {largest.size}² float64 "
+            f"entries take an estimated {largest.size**2 * 8 / 2**30:.2f} GB and {largest.size} "
+            f"Hessian-vector products; the limit is max_block_size={max_block_size}. Use a "
+            "smaller block_size, select smaller layers, or raise max_block_size"
+        )
+    check_dense_memory(layout, max_memory_gb)
+    positive_int(basis_chunk, "basis_chunk", "e.g. basis_chunk=64")
+
+    work = copy.deepcopy(model).eval().to(dtype)
+    device = next(work.parameters()).device
+    params = {n: p.detach() for n, p in work.named_parameters()}
+    fixed = {n: p for n, p in params.items() if n not in set(layout.names)}
+    buffers = dict(work.named_buffers())
+    w0 = layout.flatten(params)
+
+    def loss_of(w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = functional_call(work, (layout.unflatten(w), fixed, buffers), (x,))
+        return loss_fn(out, y)
+
+    batches = _take_examples(data, num_examples, device, dtype)
+    total = sum(x.shape[0] for x, _ in batches)
+
+    def hvp(v: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(v)
+        for x, y in batches:
+            grad_here = partial(grad(loss_of), x=x, y=y)
+            out += jvp(grad_here, (w0,), (v,))[1] * (x.shape[0] / total)
+        return out
+
+    groups = group_blocks(layout, device)
+    bar = tqdm(total=layout.dim, desc="Hessian columns", unit="col", disable=not progress)
+    for grp in groups:
+        n, s = grp.index.shape
+        grp.matrix = torch.empty(n, s, s, dtype=dtype, device=device)
+        for k, rows in enumerate(grp.index):
+            for a in range(0, s, basis_chunk):
+                cols = rows[a : a + basis_chunk]
+                basis = torch.zeros(len(cols), layout.dim, dtype=dtype, device=device)
+                basis[torch.arange(len(cols)), cols] = 1.0
+                grp.matrix[k, :, a : a + len(cols)] = vmap(hvp)(basis)[:, rows].T
+                bar.update(len(cols))
+        grp.matrix = (grp.matrix + grp.matrix.transpose(1, 2)) / 2
+        grp.matrix.diagonal(dim1=1, dim2=2).add_(damping)
+    bar.close()
+    return DenseBlockCurvature(layout, groups, damping, kind="hessian")
+
+
+def _take_examples(data: Iterable, num_examples: int | None, device, dtype):
+    if num_examples is not None:
+        positive_int(num_examples, "num_examples", "or None to use all the data")
+    batches, held = [], 0
+    for x, y, *_ in data:
+        if num_examples is not None:
+            x, y = x[: num_examples - held], y[: num_examples - held]
+        x = x.to(device=device, dtype=dtype if x.is_floating_point() else x.dtype)
+        batches.append((x, y.to(device)))
+        held += x.shape[0]
+        if num_examples is not None and held >= num_examples:
+            break
+    if held == 0:
+        raise ValueError("data: yielded no examples")
+    if num_examples is not None and held < num_examples:
+        raise ValueError(f"num_examples={num_examples} but data holds only {held}; lower it")
+    return batches
