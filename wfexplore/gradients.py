@@ -82,7 +82,6 @@ def iter_gradient_chunks(
 
     compute = _GradientComputer(work, layout, loss_fn)
     generator = torch.Generator(device=device).manual_seed(seed)
-    done = 0
     bar = tqdm(total=num_samples, desc="gradient samples", unit="g", disable=not progress)
     try:
         for x, y in _regroup(data, chunk_size * batch_size, needed):
@@ -94,16 +93,15 @@ def iter_gradient_chunks(
             y = y.reshape(n, batch_size, *y.shape[1:])
             chunk = compute(x, y)
             _check_finite(chunk, layout)
-            done += n
             bar.update(n)
             yield chunk
-    finally:
-        bar.close()
-    if done < num_samples:
+    except _ShortData as short:
         raise ValueError(
             f"num_samples={num_samples} with batch_size={batch_size} needs {needed} examples, "
-            f"but data gave only {done * batch_size}; lower num_samples or batch_size"
-        )
+            f"but data gave only {short.seen}; lower num_samples or batch_size"
+        ) from None
+    finally:
+        bar.close()
 
 
 class _GradientComputer:
@@ -174,6 +172,12 @@ def _regroup(data: Iterable, size: int, total: int) -> Iterator[tuple[torch.Tens
             if given >= total:
                 return
             xs, ys, held = [x_all[take:]], [y_all[take:]], x_all.shape[0] - take
+    raise _ShortData(given + held)
+
+
+class _ShortData(Exception):
+    def __init__(self, seen: int):
+        self.seen = seen
 
 
 def _dataset_length(data: Iterable) -> int | None:
