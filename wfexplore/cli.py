@@ -1,0 +1,72 @@
+"""The ``wfexplore`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import pandas as pd
+
+from wfexplore.analysis import compare_fisher_and_hessian
+from wfexplore.data import digits_loaders
+from wfexplore.training import DIGITS_KINDS, evaluate, pretrained_digits_model
+
+
+def _block_size(text: str):
+    return text if text in ("layer", "model") else int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wfexplore", description="See second-order pruning at work."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser(
+        "demo",
+        help="train or load a digits model and compare its Fisher and Hessian layer by layer",
+    )
+    demo.add_argument("--model", choices=DIGITS_KINDS, default="mlp")
+    demo.add_argument("--num-samples", type=int, default=512, help="gradient samples m")
+    demo.add_argument("--damping", type=float, default=1e-4, help="λ added to both matrices")
+    demo.add_argument("--block-size", type=_block_size, default=64, help="B, 'layer' or 'model'")
+    demo.add_argument(
+        "--hessian-examples", type=int, default=512, help="examples in the Hessian's loss"
+    )
+    demo.add_argument("--retrain", action="store_true", help="ignore the cached model")
+    return parser
+
+
+def demo(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    model = pretrained_digits_model(args.model, retrain=args.retrain)
+    train, test = digits_loaders(batch_size=256)
+    accuracy = evaluate(model, test)["accuracy"]
+    print(f"digits {args.model}: test accuracy {accuracy:.3f}")
+    result = compare_fisher_and_hessian(
+        model,
+        train,
+        block_size=args.block_size,
+        num_samples=args.num_samples,
+        damping=args.damping,
+        hessian_examples=args.hessian_examples,
+    )
+    print(result.fisher.layout.table().to_string(index=False))
+    print(
+        f"\nEmpirical Fisher (m={args.num_samples}) vs exact Hessian "
+        f"({args.hessian_examples} examples), λ={result.fisher.damping:g}, "
+        f"blocks of {args.block_size}; medians over each layer's blocks:"
+    )
+    with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 200):
+        print(result.layers.to_string(index=False))
+    print(f"\ndone in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return {"demo": demo}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
