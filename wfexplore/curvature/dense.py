@@ -124,11 +124,8 @@ class DenseBlockCurvature(Curvature):
 
     def inverse_mv(self, vector: torch.Tensor) -> torch.Tensor:
         self.invert()
-        return self._scatter(
-            lambda grp: torch.bmm(grp.inverse, vector.to(grp.inverse)[grp.index].unsqueeze(-1))[
-                ..., 0
-            ]
-        )
+        vector = vector.to(self.groups[0].inverse)
+        return self._scatter(lambda grp: torch.einsum("nst,nt->ns", grp.inverse, vector[grp.index]))
 
     def inverse_columns(self, block: int, positions: Sequence[int] | torch.Tensor) -> torch.Tensor:
         return self.inverse_block(block)[:, torch.as_tensor(positions, dtype=torch.long)]
