@@ -8,6 +8,7 @@ import time
 
 import pandas as pd
 
+from wfexplore import servers
 from wfexplore.analysis import compare_fisher_and_hessian
 from wfexplore.data import digits_loaders
 from wfexplore.training import DIGITS_KINDS, evaluate, pretrained_digits_model
@@ -34,6 +35,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--hessian-examples", type=int, default=512, help="examples in the Hessian's loss"
     )
     demo.add_argument("--retrain", action="store_true", help="ignore the cached model")
+    lab = commands.add_parser(
+        "lab", help="copy the notebooks to a working folder and open JupyterLab on them"
+    )
+    lab.add_argument(
+        "folder", nargs="?", default=servers.DEFAULT_FOLDER, help="working folder (%(default)s)"
+    )
+    lab.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (default: free)")
+    lab.add_argument("--no-browser", action="store_true", help="print the URL, open no browser")
+    lab.add_argument(
+        "--overwrite", action="store_true", help="replace modified copies with the shipped ones"
+    )
+    teach = commands.add_parser("teach", help="the OBD/OBS teacher as a Voilà page (no code)")
+    teach.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (default: free)")
+    teach.add_argument("--no-browser", action="store_true", help="print the URL, open no browser")
     return parser
 
 
@@ -63,9 +78,19 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def lab(args: argparse.Namespace) -> int:
+    return servers.run_lab(
+        args.folder, port=args.port, open_browser=not args.no_browser, overwrite=args.overwrite
+    )
+
+
+def teach(args: argparse.Namespace) -> int:
+    return servers.run_teach(port=args.port, open_browser=not args.no_browser)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return {"demo": demo}[args.command](args)
+    return {"demo": demo, "lab": lab, "teach": teach}[args.command](args)
 
 
 if __name__ == "__main__":
