@@ -1,0 +1,223 @@
+"""JupyterLab on the notebooks and the OBD/OBS teacher as a Voilà page, on loopback with a token."""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import webbrowser
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+HOST = "127.0.0.1"
+TEACHER = "teach.ipynb"
+DEFAULT_FOLDER = "wfexplore-notebooks"
+
+
+def notebooks_dir() -> Path:
+    """The folder holding the shipped notebooks (inside the package, or the checkout's)."""
+    shipped = Path(str(resources.files("wfexplore") / "notebooks"))
+    if shipped.is_dir():
+        return shipped
+    return Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def shipped_notebooks() -> list[Path]:
+    """Every shipped notebook, sorted by name."""
+    return sorted(notebooks_dir().glob("*.ipynb"))
+
+
+@dataclass
+class CopyReport:
+    """What :func:`copy_notebooks` did with each notebook."""
+
+    folder: Path
+    copied: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # the user's copy differs and was left alone
+    replaced: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f"notebooks in {self.folder}:"]
+        if self.copied:
+            lines.append(f"  copied: {', '.join(self.copied)}")
+        if self.replaced:
+            lines.append(f"  replaced with the shipped version: {', '.join(self.replaced)}")
+        if self.unchanged:
+            lines.append(f"  already there, unchanged: {', '.join(self.unchanged)}")
+        if self.kept:
+            lines.append(
+                f"  kept your modified copy of: {', '.join(self.kept)} "
+                "(pass --overwrite to replace it with the shipped version)"
+            )
+        return "\n".join(lines)
+
+
+def copy_notebooks(
+    folder: str | os.PathLike = DEFAULT_FOLDER, overwrite: bool = False
+) -> CopyReport:
+    """Copy the shipped notebooks into ``folder``; an existing file is replaced only on request."""
+    dest = Path(folder).expanduser().resolve()
+    dest.mkdir(parents=True, exist_ok=True)
+    report = CopyReport(dest)
+    for source in shipped_notebooks():
+        target = dest / source.name
+        if not target.exists():
+            shutil.copyfile(source, target)
+            report.copied.append(source.name)
+        elif filecmp.cmp(source, target, shallow=False):
+            report.unchanged.append(source.name)
+        elif overwrite:
+            shutil.copyfile(source, target)
+            report.replaced.append(source.name)
+        else:
+            report.kept.append(source.name)
+    return report
+
+
+def free_port(preferred: int | None = None) -> int:
+    """``preferred`` if it is free on loopback, else a port the system picks."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((HOST, preferred or 0))
+        except OSError:
+            s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class ServerCommand:
+    """How to start one server: its argument vector, extra environment, and where to point a
+    browser (the URL carries the token)."""
+
+    argv: list[str]
+    env: dict[str, str]
+    url: str
+    port: int
+    token: str
+    cwd: Path
+
+
+def lab_command(
+    folder: str | os.PathLike = DEFAULT_FOLDER,
+    port: int | None = None,
+    token: str | None = None,
+    extra_args: Sequence[str] = (),
+) -> ServerCommand:
+    """JupyterLab serving ``folder``, bound to 127.0.0.1, with a token (random by default).
+
+    The token travels in ``JUPYTER_TOKEN``, not on the command line where ``ps`` would show it.
+    """
+    root = Path(folder).expanduser().resolve()
+    port = port or free_port(8888)
+    token = token or secrets.token_hex(24)
+    argv = [
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        f"--ServerApp.ip={HOST}",
+        f"--ServerApp.port={port}",
+        "--ServerApp.port_retries=0",
+        f"--ServerApp.root_dir={root}",
+        "--no-browser",
+    ]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        argv.append("--allow-root")
+    argv.extend(extra_args)
+    url = f"http://{HOST}:{port}/lab?token={token}"
+    return ServerCommand(argv, {"JUPYTER_TOKEN": token}, url, port, token, root)
+
+
+def teach_command(
+    port: int | None = None,
+    token: str | None = None,
+    notebook: str | os.PathLike | None = None,
+    extra_args: Sequence[str] = (),
+) -> ServerCommand:
+    """Voilà serving the OBD/OBS teacher without its code, bound to 127.0.0.1, with a token."""
+    path = Path(notebook) if notebook is not None else notebooks_dir() / TEACHER
+    path = path.expanduser().resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"no teacher notebook at {path}")
+    port = port or free_port(8866)
+    token = token or secrets.token_hex(24)
+    argv = [
+        sys.executable,
+        "-m",
+        "voila",
+        str(path),
+        "--no-browser",
+        f"--Voila.ip={HOST}",
+        f"--port={port}",
+        f"--Voila.token={token}",
+        "--strip_sources=True",
+        "--template=lab",
+        *extra_args,
+    ]
+    url = f"http://{HOST}:{port}/?token={token}"
+    return ServerCommand(argv, {}, url, port, token, path.parent)
+
+
+def wait_for_port(
+    port: int, timeout: float = 60.0, process: subprocess.Popen | None = None
+) -> bool:
+    """Wait until something listens on ``port`` on loopback; False on timeout or if
+    ``process`` exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            return False
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.settimeout(0.5)
+            if s.connect_ex((HOST, port)) == 0:
+                return True
+        time.sleep(0.2)
+    return False
+
+
+def _serve(command: ServerCommand, open_browser: bool, what: str) -> int:
+    """Run a server in the foreground until it exits or Ctrl-C; open a browser when it listens."""
+    env = {**os.environ, **command.env}
+    process = subprocess.Popen(command.argv, cwd=command.cwd, env=env)
+
+    def announce() -> None:
+        if wait_for_port(command.port, timeout=120.0, process=process):
+            print(f"\n{what} is running at\n\n    {command.url}\n\nCtrl-C stops it.\n", flush=True)
+            if open_browser:
+                webbrowser.open(command.url)
+
+    threading.Thread(target=announce, daemon=True).start()
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        process.terminate()
+        try:
+            return process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            return process.wait()
+
+
+def run_lab(
+    folder: str | os.PathLike = DEFAULT_FOLDER,
+    port: int | None = None,
+    open_browser: bool = True,
+    overwrite: bool = False,
+) -> int:
+    """Copy the notebooks into ``folder`` (keeping modified copies) and run JupyterLab there."""
+    report = copy_notebooks(folder, overwrite=overwrite)
+    print(report.summary(), flush=True)
+    return _serve(lab_command(report.folder, port=port), open_browser, "JupyterLab")
+
+
+def run_teach(port: int | None = None, open_browser: bool = True) -> int:
+    """Serve the OBD/OBS teacher as a Voilà page (no code shown)."""
+    return _serve(teach_command(port=port), open_browser, "The OBD/OBS teacher")
