@@ -176,7 +176,7 @@ def test_estimate_fisher_with_a_custom_non_prunable_module(mlp, mlp_loader):
 
 def test_estimate_fisher_rejects_unknown_methods(mlp, mlp_loader):
     with pytest.raises(ValueError, match=r"method must be one of \['identity'"):
-        estimate_fisher(mlp, mlp_loader, method="kfac", progress=False)
+        estimate_fisher(mlp, mlp_loader, method="shampoo", progress=False)
 
 
 def test_mini_batch_gradients_shrink_the_fisher(mlp, mlp_loader):
