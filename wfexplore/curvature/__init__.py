@@ -6,6 +6,7 @@ from wfexplore.curvature.diagonal import DiagonalCurvature
 from wfexplore.curvature.estimate import FISHER_METHODS, estimate_fisher
 from wfexplore.curvature.hessian import hessian_blocks
 from wfexplore.curvature.identity import IdentityCurvature
+from wfexplore.curvature.kfac import KFACCurvature
 from wfexplore.curvature.lowrank import LowRankCurvature
 from wfexplore.curvature.woodbury import woodbury_fisher
 
@@ -15,6 +16,7 @@ __all__ = [
     "DenseBlockCurvature",
     "DiagonalCurvature",
     "IdentityCurvature",
+    "KFACCurvature",
     "LowRankCurvature",
     "check_same_layout",
     "estimate_fisher",

@@ -13,12 +13,13 @@ from wfexplore.curvature.base import Curvature
 from wfexplore.curvature.dense import DEFAULT_MAX_MEMORY_GB, DenseBlockCurvature
 from wfexplore.curvature.diagonal import DiagonalCurvature
 from wfexplore.curvature.identity import IdentityCurvature
+from wfexplore.curvature.kfac import KFACCurvature
 from wfexplore.curvature.lowrank import LowRankCurvature
 from wfexplore.curvature.woodbury import woodbury_fisher
 from wfexplore.gradients import LossFn, iter_gradient_chunks
 from wfexplore.params import BlockSpec, ParameterLayout
 
-FISHER_METHODS = ("identity", "diagonal", "dense", "woodbury", "lowrank")
+FISHER_METHODS = ("identity", "diagonal", "dense", "woodbury", "lowrank", "kfac")
 
 
 def estimate_fisher(
@@ -27,7 +28,7 @@ def estimate_fisher(
     *,
     method: str = "dense",
     layout: ParameterLayout | None = None,
-    block_size: BlockSpec = 128,
+    block_size: BlockSpec | None = None,
     num_samples: int = 256,
     batch_size: int = 1,
     damping: float = 1e-5,
@@ -43,8 +44,10 @@ def estimate_fisher(
 
     ``method`` picks the representation: ``"identity"`` (C = I, no gradients),
     ``"diagonal"`` (OBD), ``"dense"`` (blocks, batched Cholesky), ``"woodbury"`` (blocks,
-    the paper's recursion), ``"lowrank"`` (Gram-side Woodbury, any block size).
-    ``layout`` defaults to every Conv/Linear weight cut into blocks of ``block_size``.
+    the paper's recursion), ``"lowrank"`` (Gram-side Woodbury, any block size), ``"kfac"``
+    (S ⊗ A + λI per Conv/Linear layer; needs ``block_size="layer"``).
+    ``layout`` defaults to every Conv/Linear weight cut into blocks of ``block_size``
+    (default 128, and ``"layer"`` for ``"kfac"``).
     ``damping`` is λ, or λ / mean(diag F) with ``relative_damping``. Gradient samples are
     per-example (``batch_size=1``) or mini-batch means; note that mean gradients of b
     examples shrink F by about 1/b, so λ must be re-tuned when b changes.
@@ -52,9 +55,26 @@ def estimate_fisher(
     one_of(method, "method", FISHER_METHODS)
     positive_int(num_samples, "num_samples", "e.g. num_samples=256")
     if layout is None:
+        if block_size is None:
+            block_size = "layer" if method == "kfac" else 128
         layout = ParameterLayout.from_model(model, block_size=block_size)
     if method == "identity":
         return IdentityCurvature(layout, dtype)
+    if method == "kfac":
+        return KFACCurvature.from_model(
+            model,
+            data,
+            layout,
+            num_samples,
+            damping,
+            batch_size=batch_size,
+            loss_fn=loss_fn,
+            fisher=fisher,
+            relative_damping=relative_damping,
+            seed=seed,
+            dtype=dtype,
+            progress=progress,
+        )
     chunks = iter_gradient_chunks(
         model,
         data,

@@ -1,0 +1,399 @@
+"""K-FAC: one Kronecker-factored block per Conv/Linear layer (Martens & Grosse 2015; KFC for conv).
+
+For a Linear layer z = W a (+ b) with W ∈ R^{out×in} flattened row-major (index ``o·in + i``),
+the gradient of one example is g = s ⊗ a with s = ∂ℓ/∂z, so
+
+    F_W = E[(s sᵀ) ⊗ (a aᵀ)] ≈ E[s sᵀ] ⊗ E[a aᵀ] = S ⊗ A          (``torch.kron(S, A)``).
+
+Convolutions (Grosse & Martens 2016, "KFC"): a_t is the unfolded input patch at output
+location t (``F.unfold`` order: channel, then kernel row, then kernel column, which is the
+row-major order of ``weight[o]``), s_t the output gradient there, T the number of
+locations. Assuming spatially uncorrelated, homogeneous derivatives,
+
+    F_W ≈ S ⊗ A,  A = E[(1/T) Σ_t a_t a_tᵀ],  S = E[Σ_t s_t s_tᵀ].
+
+Linear layers applied to ``(N, …, in)`` inputs are treated the same way (T = the extra
+positions). A bias is its own block (its own parameter in the layout) with A = [1], so
+F_b ≈ S. With mini-batch-mean gradient samples (``batch_size=b``) s is the gradient of
+the group's mean loss, which scales S by 1/b, as it scales the empirical Fisher.
+
+Damping is exact: C = S ⊗ A + λI. With S = U_S diag(σ) U_Sᵀ and A = U_A diag(α) U_Aᵀ,
+C = (U_S ⊗ U_A) diag(σ ⊗ α + λ) (U_S ⊗ U_A)ᵀ, hence with D_jk = 1/(σ_j α_k + λ)
+
+    diag(C⁻¹) = vec((U_S∘U_S) D (U_A∘U_A)ᵀ),   C⁻¹ vec(V) = vec(U_S[(U_Sᵀ V U_A) ∘ D]U_Aᵀ),
+
+and columns of C⁻¹ alike: never a d×d matrix, only the out×out and in×in factors.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from wfexplore._checks import one_of, positive_int
+from wfexplore.curvature.base import Curvature, resolve_damping
+from wfexplore.gradients import (
+    FISHER_KINDS,
+    LossFn,
+    _dataset_length,
+    _regroup,
+    _ShortData,
+)
+from wfexplore.params import ParameterLayout
+
+DISPLAY_BLOCK_LIMIT = 8192
+DEFAULT_CHUNK_EXAMPLES = 256
+COLUMN_CHUNK_BYTES = 64 * 2**20
+
+
+@dataclass
+class KroneckerFactors:
+    """C_block = S ⊗ A + λI for one analysed parameter, with eigendecompositions of S and A."""
+
+    A: torch.Tensor  # (in, in); [[1]] for a bias
+    S: torch.Tensor  # (out, out)
+    eig_A: torch.Tensor
+    vec_A: torch.Tensor
+    eig_S: torch.Tensor
+    vec_S: torch.Tensor
+
+    @classmethod
+    def from_factors(cls, A: torch.Tensor, S: torch.Tensor) -> KroneckerFactors:
+        eig_A, vec_A = torch.linalg.eigh(A)
+        eig_S, vec_S = torch.linalg.eigh(S)
+        # both factors are positive semi-definite: round-off below zero is clipped
+        return cls(A, S, eig_A.clamp_min(0), vec_A, eig_S.clamp_min(0), vec_S)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.S.shape[0], self.A.shape[0]
+
+    def scale(self, damping: float) -> torch.Tensor:
+        """D_jk = 1 / (σ_j α_k + λ)."""
+        return 1.0 / (torch.outer(self.eig_S, self.eig_A) + damping)
+
+    def nbytes(self) -> int:
+        tensors = (self.A, self.S, self.eig_A, self.vec_A, self.eig_S, self.vec_S)
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+class KFACCurvature(Curvature):
+    """C = blockdiag(S_ℓ ⊗ A_ℓ + λI) over the analysed Conv/Linear parameters, one block each."""
+
+    kind = "kfac"
+
+    def __init__(
+        self, layout: ParameterLayout, factors: Sequence[KroneckerFactors], damping: float
+    ):
+        check_kfac_layout(layout)
+        super().__init__(layout, damping)
+        if len(factors) != len(layout.parameters):
+            raise ValueError(
+                f"factors: expected one per parameter ({len(layout.parameters)}), "
+                f"got {len(factors)}"
+            )
+        for p, f in zip(layout.parameters, factors, strict=True):
+            if f.shape[0] * f.shape[1] != p.numel:
+                raise ValueError(
+                    f"factors of {p.name}: S ⊗ A is {f.shape[0]}·{f.shape[1]} square, "
+                    f"the parameter has {p.numel} entries"
+                )
+        self.factors = list(factors)
+
+    # --- construction ----------------------------------------------------------------------
+    @classmethod
+    def from_model(
+        cls,
+        model: nn.Module,
+        data: Iterable,
+        layout: ParameterLayout,
+        num_samples: int,
+        damping: float,
+        *,
+        batch_size: int = 1,
+        loss_fn: LossFn = F.cross_entropy,
+        fisher: str = "empirical",
+        relative_damping: bool = False,
+        seed: int = 0,
+        dtype: torch.dtype = torch.float64,
+        chunk_size: int = DEFAULT_CHUNK_EXAMPLES,
+        progress: bool = True,
+    ) -> KFACCurvature:
+        """Estimate A and S on the first ``num_samples × batch_size`` examples of ``data``.
+
+        The model is copied and run in eval mode (the caller's model is untouched). λ is
+        ``damping``, or ``damping × mean(diag(S ⊗ A))`` with ``relative_damping``.
+        """
+        factors, mean_diag = kronecker_factors(
+            model,
+            data,
+            layout,
+            num_samples,
+            batch_size=batch_size,
+            loss_fn=loss_fn,
+            fisher=fisher,
+            seed=seed,
+            dtype=dtype,
+            chunk_size=chunk_size,
+            progress=progress,
+        )
+        lam = resolve_damping(damping, relative_damping, mean_diag)
+        return cls(layout, factors, lam)
+
+    def with_damping(self, damping: float) -> KFACCurvature:
+        """The same factors with another absolute λ (no recomputation, no copy)."""
+        return KFACCurvature(self.layout, self.factors, resolve_damping(damping, False, 1.0))
+
+    # --- the interface -----------------------------------------------------------------------
+    def diag(self) -> torch.Tensor:
+        return torch.cat(
+            [torch.outer(f.S.diagonal(), f.A.diagonal()).reshape(-1) for f in self.factors]
+        ).add(self.damping)
+
+    def inverse_diag(self) -> torch.Tensor:
+        parts = []
+        for f in self.factors:
+            inv = (f.vec_S * f.vec_S) @ f.scale(self.damping) @ (f.vec_A * f.vec_A).T
+            parts.append(inv.reshape(-1))
+        return torch.cat(parts)
+
+    def inverse_mv(self, vector: torch.Tensor) -> torch.Tensor:
+        return self._blockwise(vector, self._inverse_mv_block)
+
+    def mv(self, vector: torch.Tensor) -> torch.Tensor:
+        """C v = vec(S V A) + λv, blockwise."""
+        return self._blockwise(vector, lambda f, v: f.S @ v @ f.A + self.damping * v)
+
+    def inverse_columns(self, block: int, positions: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        f = self.factors[block]
+        out_dim, in_dim = f.shape
+        positions = torch.as_tensor(positions, dtype=torch.long, device=f.A.device)
+        scale = f.scale(self.damping)
+        cols = torch.empty(out_dim * in_dim, len(positions), dtype=f.A.dtype, device=f.A.device)
+        step = max(1, COLUMN_CHUNK_BYTES // (3 * 8 * out_dim * in_dim))
+        for a in range(0, len(positions), step):
+            pos = positions[a : a + step]
+            rows_s, rows_a = f.vec_S[pos // in_dim], f.vec_A[pos % in_dim]  # (k, out), (k, in)
+            inner = rows_s[:, :, None] * rows_a[:, None, :] * scale  # (k, out, in)
+            cols[:, a : a + step] = (f.vec_S @ inner @ f.vec_A.T).reshape(len(pos), -1).T
+        return cols
+
+    def columns(self, block: int, positions: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """Columns ``positions`` of the block C = S ⊗ A + λI; column (o, i) is vec(S[:, o] A[i])."""
+        f = self.factors[block]
+        in_dim = f.shape[1]
+        positions = torch.as_tensor(positions, dtype=torch.long, device=f.A.device)
+        s_cols, a_rows = f.S[:, positions // in_dim], f.A[positions % in_dim]  # (out, k), (k, in)
+        cols = (s_cols.T[:, :, None] * a_rows[:, None, :]).reshape(len(positions), -1).T
+        cols[positions, torch.arange(len(positions), device=cols.device)] += self.damping
+        return cols
+
+    def block(self, index: int) -> torch.Tensor:
+        size = self.layout.blocks[index].size
+        if size > DISPLAY_BLOCK_LIMIT:
+            raise ValueError(
+                f"block {index} has {size} weights; a dense copy of S ⊗ A is only made for blocks "
+                f"of at most {DISPLAY_BLOCK_LIMIT}; use inverse_columns or the factors instead"
+            )
+        f = self.factors[index]
+        dense = torch.kron(f.S, f.A)
+        dense.diagonal().add_(self.damping)
+        return dense
+
+    def inverse_block(self, index: int) -> torch.Tensor:
+        size = self.layout.blocks[index].size
+        if size > DISPLAY_BLOCK_LIMIT:
+            raise ValueError(
+                f"block {index} has {size} weights; a dense inverse is only made for blocks of at "
+                f"most {DISPLAY_BLOCK_LIMIT}; use inverse_columns instead"
+            )
+        return super().inverse_block(index)
+
+    def memory_bytes(self) -> int:
+        return sum(f.nbytes() for f in self.factors)
+
+    # --- helpers -------------------------------------------------------------------------
+    def _inverse_mv_block(self, f: KroneckerFactors, v: torch.Tensor) -> torch.Tensor:
+        rotated = f.vec_S.T @ v @ f.vec_A
+        return f.vec_S @ (rotated * f.scale(self.damping)) @ f.vec_A.T
+
+    def _blockwise(self, vector: torch.Tensor, op) -> torch.Tensor:
+        if vector.shape != (self.dim,):
+            raise ValueError(f"vector: expected shape ({self.dim},), got {tuple(vector.shape)}")
+        first = self.factors[0].A
+        vector = vector.to(dtype=first.dtype, device=first.device)
+        parts = []
+        for p, f in zip(self.layout.parameters, self.factors, strict=True):
+            parts.append(op(f, vector[p.offset : p.stop].reshape(f.shape)).reshape(-1))
+        return torch.cat(parts)
+
+
+# --- estimation of the factors ---------------------------------------------------------------
+def check_kfac_layout(layout: ParameterLayout) -> None:
+    """K-FAC has exactly one block per analysed parameter: refuse any other block layout."""
+    if layout.block_size != "layer":
+        raise ValueError(
+            f"K-FAC curvature is one Kronecker block per layer, but the layout has "
+            f"block_size={layout.block_size!r}; build it with block_size='layer' "
+            "(e.g. layout.with_block_size('layer'))"
+        )
+
+
+def _kfac_modules(model: nn.Module, layout: ParameterLayout) -> dict[str, nn.Module]:
+    """The module of each analysed parameter, checked to be a supported Conv/Linear weight/bias."""
+    modules = dict(model.named_modules())
+    found = {}
+    for p in layout.parameters:
+        module = modules.get(p.module_name)
+        attr = p.name.rpartition(".")[2]
+        supported = isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d))
+        if not supported or attr not in ("weight", "bias"):
+            raise ValueError(
+                f"K-FAC needs the weight or bias of a Linear, Conv1d or Conv2d module, but "
+                f"{p.name!r} belongs to {type(module).__name__}; select only such parameters "
+                "(names=[...] or pattern=...)"
+            )
+        if isinstance(module, nn.Conv1d | nn.Conv2d) and module.groups != 1:
+            raise ValueError(
+                f"K-FAC: {p.module_name!r} is a grouped convolution (groups={module.groups}), "
+                "whose Fisher block is not one Kronecker product; leave it out of the selection"
+            )
+        found[p.module_name] = module
+    return found
+
+
+def _patches(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Input rows a_t, shape (N, T, in): unfolded patches for conv, trailing features for Linear."""
+    if isinstance(module, nn.Linear):
+        return x.reshape(x.shape[0], -1, x.shape[-1])
+    mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+    x = F.pad(x, module._reversed_padding_repeated_twice, mode=mode)
+    if isinstance(module, nn.Conv1d):
+        x = x.unsqueeze(2)
+        kernel, dilation, stride = (
+            (1, *module.kernel_size),
+            (1, *module.dilation),
+            (1, *module.stride),
+        )
+    else:
+        kernel, dilation, stride = module.kernel_size, module.dilation, module.stride
+    cols = F.unfold(x, kernel, dilation=dilation, stride=stride)  # (N, C·k, T)
+    return cols.transpose(1, 2)
+
+
+def kronecker_factors(
+    model: nn.Module,
+    data: Iterable,
+    layout: ParameterLayout,
+    num_samples: int,
+    *,
+    batch_size: int = 1,
+    loss_fn: LossFn = F.cross_entropy,
+    fisher: str = "empirical",
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+    chunk_size: int = DEFAULT_CHUNK_EXAMPLES,
+    progress: bool = True,
+) -> tuple[list[KroneckerFactors], float]:
+    """The factors (A, S) of every analysed parameter, and the mean of diag(S ⊗ A) over w.
+
+    One forward and one backward pass per chunk of examples on an eval-mode copy: inputs of
+    the layers are caught by forward hooks, output gradients by ``torch.autograd.grad`` of
+    Σ_groups (mean loss of the group), so each example's output gradient is its own.
+    """
+    check_kfac_layout(layout)
+    positive_int(num_samples, "num_samples", "e.g. num_samples=256")
+    positive_int(batch_size, "batch_size", "use 1 for per-example gradients")
+    positive_int(chunk_size, "chunk_size", "e.g. chunk_size=256")
+    one_of(fisher, "fisher", FISHER_KINDS)
+    needed = num_samples * batch_size
+    available = _dataset_length(data)
+    if available is not None and available < needed:
+        raise ValueError(
+            f"num_samples={num_samples} with batch_size={batch_size} needs {needed} examples, "
+            f"but data holds {available}; lower num_samples or batch_size"
+        )
+    work = copy.deepcopy(model).eval()
+    for p in work.parameters():
+        p.requires_grad_(True)
+    modules = _kfac_modules(work, layout)
+    device = next(work.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+
+    sums_A: dict[str, torch.Tensor] = {}
+    sums_S: dict[str, torch.Tensor] = {}
+    caught: dict[str, list] = {}
+
+    def hook(name):
+        def catch(module, inputs, output):
+            caught.setdefault(name, []).append((inputs[0].detach(), output))
+
+        return catch
+
+    handles = [m.register_forward_hook(hook(name)) for name, m in modules.items()]
+    chunk = max(batch_size, (chunk_size // batch_size) * batch_size)
+    bar = tqdm(total=num_samples, desc="K-FAC factors", unit="g", disable=not progress)
+    seen = 0
+    try:
+        for x, y in _regroup(data, chunk, needed):
+            x, y = x.to(device), y.to(device)
+            caught.clear()
+            out = work(x)
+            if fisher == "true":  # y ~ softmax(f(x)), seeded, from the same forward pass
+                probs = torch.softmax(out.detach().double(), dim=-1)
+                y = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            groups = x.shape[0] // batch_size
+            loss = loss_fn(out, y) * groups  # Σ over groups of the group's mean loss
+            for name in modules:
+                if len(caught.get(name, ())) != 1:
+                    raise ValueError(
+                        f"K-FAC: module {name!r} ran {len(caught.get(name, ()))} times in one "
+                        "forward pass; it needs exactly one call per layer"
+                    )
+            outputs = [caught[name][0][1] for name in modules]
+            grads = torch.autograd.grad(loss, outputs)
+            for (name, module), g in zip(modules.items(), grads, strict=True):
+                a = _patches(module, caught[name][0][0]).to(dtype)  # (N, T, in)
+                s = g.to(dtype)
+                s = s.movedim(1, -1) if not isinstance(module, nn.Linear) else s
+                s = s.reshape(-1, s.shape[-1])  # (N·T, out)
+                per_location = a.reshape(-1, a.shape[-1])
+                a_sum = per_location.T @ per_location / a.shape[1]
+                s_sum = s.T @ s
+                if name in sums_A:
+                    sums_A[name] += a_sum
+                    sums_S[name] += s_sum
+                else:
+                    sums_A[name], sums_S[name] = a_sum, s_sum
+            seen += groups
+            bar.update(groups)
+    except _ShortData as short:
+        raise ValueError(
+            f"num_samples={num_samples} with batch_size={batch_size} needs {needed} examples, "
+            f"but data gave only {short.seen}; lower num_samples or batch_size"
+        ) from None
+    finally:
+        bar.close()
+        for h in handles:
+            h.remove()
+
+    factors, total = [], 0.0
+    one = torch.ones(1, 1, dtype=dtype, device=device)
+    for p in layout.parameters:
+        S = sums_S[p.module_name] / seen
+        is_bias = p.name.rpartition(".")[2] == "bias"
+        A = one if is_bias else sums_A[p.module_name] / (seen * batch_size)
+        factors.append(KroneckerFactors.from_factors(A, S))
+        total += float(S.diagonal().sum() * A.diagonal().sum())
+    for f, p in zip(factors, layout.parameters, strict=True):
+        if not (torch.isfinite(f.A).all() and torch.isfinite(f.S).all()):
+            raise FloatingPointError(
+                f"non-finite K-FAC factors for {p.name}; check the model's outputs and loss"
+            )
+    return factors, total / layout.dim
