@@ -9,6 +9,7 @@ copied and evaluated in eval mode, in float64 by default.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Iterable
 from functools import partial
 
@@ -86,6 +87,17 @@ def hessian_blocks(
         return out
 
     groups = group_blocks(layout, device)
+    with warnings.catch_warnings():
+        # torch loads its forward-mode decompositions through the deprecated torch.jit.script
+        warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
+        _fill_blocks(groups, hvp, layout, dtype, device, basis_chunk, progress)
+    for grp in groups:
+        grp.matrix.diagonal(dim1=1, dim2=2).add_(damping)
+    return DenseBlockCurvature(layout, groups, damping, kind="hessian")
+
+
+def _fill_blocks(groups, hvp, layout, dtype, device, basis_chunk: int, progress: bool) -> None:
+    """Set each group's ``matrix`` to its blocks H_BB, from Hessian-vector products H e_j."""
     bar = tqdm(total=layout.dim, desc="Hessian columns", unit="col", disable=not progress)
     for grp in groups:
         n, s = grp.index.shape
@@ -98,9 +110,7 @@ def hessian_blocks(
                 grp.matrix[k, :, a : a + len(cols)] = vmap(hvp)(basis)[:, rows].T
                 bar.update(len(cols))
         grp.matrix = (grp.matrix + grp.matrix.transpose(1, 2)) / 2
-        grp.matrix.diagonal(dim1=1, dim2=2).add_(damping)
     bar.close()
-    return DenseBlockCurvature(layout, groups, damping, kind="hessian")
 
 
 def _take_examples(data: Iterable, num_examples: int | None, device, dtype):
