@@ -1,0 +1,40 @@
+"""Second-order pruning in one frame: magnitude, OBD, WoodFisher (OBS) and K-FAC.
+
+Saliency ρ_q = w_q² / (2[C⁻¹]_qq) for a curvature C (identity, diagonal, Fisher blocks,
+Kronecker factors), masks at an exact count (layerwise or global), weight updates (none,
+summed single-weight OBS, exact group OBS), recomputation steps, sweeps and sensitivity.
+"""
+
+from wfexplore.pruning.estimation import (
+    METHODS,
+    REPRESENTATIONS,
+    PruningSettings,
+    estimate_curvature,
+)
+from wfexplore.pruning.evaluation import evaluate_model, recalibrate_batchnorm
+from wfexplore.pruning.masks import SCOPES, keep_masks, select_pruned
+from wfexplore.pruning.prune import PruningResult, polynomial_schedule, prune_model
+from wfexplore.pruning.saliency import Saliency, compute_saliency, obs_saliency
+from wfexplore.pruning.updates import UPDATES, WeightUpdate, group_update, update_weights
+
+__all__ = [
+    "METHODS",
+    "REPRESENTATIONS",
+    "SCOPES",
+    "UPDATES",
+    "PruningResult",
+    "PruningSettings",
+    "Saliency",
+    "WeightUpdate",
+    "compute_saliency",
+    "estimate_curvature",
+    "evaluate_model",
+    "group_update",
+    "keep_masks",
+    "obs_saliency",
+    "polynomial_schedule",
+    "prune_model",
+    "recalibrate_batchnorm",
+    "select_pruned",
+    "update_weights",
+]

@@ -1,0 +1,412 @@
+"""Prune a copy of a model: saliencies, masks, weight update, recomputation steps, a report.
+
+One step: estimate C on the current model, score ρ = w²/(2 diag(C⁻¹)), choose the pruned
+set (:mod:`~wfexplore.pruning.masks`), move the weights (:mod:`~wfexplore.pruning.updates`).
+With ``steps = k > 1`` the target is reached along the polynomial schedule
+s_t = s_f + (s_0 − s_f)(1 − t/k)³ (Zhu & Gupta 2017), re-estimating C on the pruned model
+before every step; k = 1 is one-shot pruning. The caller's model is never changed.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+from tqdm.auto import tqdm
+
+from wfexplore._checks import one_of, positive_float, positive_int
+from wfexplore.curvature.base import Curvature, check_same_layout
+from wfexplore.curvature.diagonal import DiagonalCurvature
+from wfexplore.curvature.identity import IdentityCurvature
+from wfexplore.gradients import LossFn
+from wfexplore.params import ParameterLayout
+from wfexplore.pruning.estimation import (
+    METHODS,
+    PruningSettings,
+    estimate_curvature,
+    model_layout,
+    take_examples,
+)
+from wfexplore.pruning.evaluation import evaluate_model, recalibrate_batchnorm
+from wfexplore.pruning.masks import (
+    SCOPES,
+    Sparsity,
+    check_min_density,
+    check_sparsity,
+    keep_masks,
+    layer_sparsities,
+    select_pruned,
+)
+from wfexplore.pruning.saliency import check_model_matches, obs_saliency
+from wfexplore.pruning.updates import DEFAULT_MAX_MEMORY_GB, UPDATES, update_weights
+
+# (step, model being pruned, keep mask or None) -> (curvature, diag(C⁻¹) or None)
+CurvatureProvider = Callable[
+    [int, nn.Module, "torch.Tensor | None"], tuple[Curvature, "torch.Tensor | None"]
+]
+
+
+@dataclass
+class PruningResult:
+    """A pruned copy of the model and what happened to it.
+
+    ``masks`` maps each pruned parameter to its keep mask (True = kept, the convention of
+    ``torch.nn.utils.prune``); ``layers`` has one row per parameter (sparsity, predicted
+    and actual loss change); ``steps`` one row per recomputation step; ``summary`` the totals.
+    """
+
+    model: nn.Module
+    masks: dict[str, torch.Tensor]
+    layers: pd.DataFrame
+    steps: pd.DataFrame
+    summary: dict[str, Any]
+    layout: ParameterLayout = field(repr=False)
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of the analysed weights that are pruned."""
+        return self.summary["sparsity"]
+
+    def apply_torch_prune(self, model: nn.Module | None = None) -> nn.Module:
+        """Attach the masks with ``torch.nn.utils.prune.custom_from_mask`` and return the model.
+
+        Default: a fresh copy of the pruned model (so ``weight_orig`` holds the updated
+        weights and ``prune.remove`` gives them back). A model passed in is changed in place;
+        on the original dense model the masks prune without the OBS weight update.
+        """
+        target = copy.deepcopy(self.model) if model is None else model
+        modules = dict(target.named_modules())
+        for p in self.layout.parameters:
+            module_name, _, attr = p.name.rpartition(".")
+            module = modules.get(module_name)
+            tensor = getattr(module, attr, None) if module is not None else None
+            if tensor is None or tuple(tensor.shape) != p.shape:
+                raise ValueError(
+                    f"model: it has no parameter {p.name!r} of shape {p.shape}; pass a model of "
+                    "the same architecture"
+                )
+            torch_prune.custom_from_mask(module, attr, self.masks[p.name].to(tensor.device))
+        return target
+
+    def masks_state_dict(self) -> dict[str, torch.Tensor]:
+        """The masks under the keys ``torch.nn.utils.prune`` uses (``"<module>.<param>_mask"``)."""
+        params = dict(self.model.named_parameters())
+        return {
+            f"{name}_mask": mask.to(dtype=params[name].dtype).clone()
+            for name, mask in self.masks.items()
+        }
+
+
+def prune_model(
+    model: nn.Module,
+    method: str | PruningSettings | Curvature,
+    sparsity: Sparsity,
+    *,
+    data: Iterable | None = None,
+    scope: str = "global",
+    update: str | None = None,
+    steps: int = 1,
+    schedule_power: float = 3.0,
+    min_density: float = 0.0,
+    names: Sequence[str] | None = None,
+    pattern: str | None = None,
+    eval_data: Iterable | None = None,
+    per_layer_actual: bool = True,
+    recalibrate_bn: bool = False,
+    bn_batches: int | None = None,
+    loss_fn: LossFn = F.cross_entropy,
+    max_memory_gb: float = DEFAULT_MAX_MEMORY_GB,
+    progress: bool = True,
+) -> PruningResult:
+    """Prune a copy of ``model`` to ``sparsity`` and report what changed.
+
+    ``method`` is a method name (``"magnitude"``, ``"obd"``, ``"woodfisher"``, ``"kfac"``,
+    with default :class:`PruningSettings`), a :class:`PruningSettings`, or a ready
+    :class:`~wfexplore.curvature.Curvature` (one-shot only; its layout fixes the pruned
+    parameters and must match ``names``/``pattern`` if given). ``sparsity`` is a fraction
+    in [0, 1) of the analysed weights, or a name → fraction map with ``scope="layerwise"``.
+    ``update`` is ``"none"``, ``"summed"`` or ``"group"`` (default: ``"summed"``, and
+    ``"none"`` for magnitude and OBD, where all three coincide). ``data`` feeds the
+    curvature (its first m·b examples, held fixed across steps) and BatchNorm
+    re-estimation; ``eval_data`` (default ``data``) measures the actual loss change.
+    """
+    how = _resolve_method(method)
+    positive_int(steps, "steps", "steps=1 is one-shot pruning, k > 1 re-estimates C k times")
+    positive_float(schedule_power, "schedule_power", "e.g. 3 for the cubic schedule")
+    if isinstance(how, Curvature):
+        if steps > 1:
+            raise ValueError(
+                f"steps={steps} re-estimates the curvature between steps, which a ready "
+                "Curvature cannot do; pass the method name or PruningSettings instead"
+            )
+        layout = how.layout
+        if names is not None or pattern is not None:
+            check_same_layout(how, model_layout(model, names, pattern, layout.block_size))
+        check_model_matches(model, layout)
+        curvature = how
+
+        def provider(step, work, keep):
+            return curvature, None
+
+        description = {"method": how.kind, "damping": how.damping}
+    else:
+        layout = how.layout(model, names, pattern)
+        examples = take_examples(data, how.examples_needed) if how.needs_data else None
+        settings = how
+
+        def provider(step, work, keep):
+            curv = estimate_curvature(
+                work,
+                examples,
+                layout,
+                settings,
+                keep=keep,
+                loss_fn=loss_fn,
+                max_memory_gb=max_memory_gb,
+                progress=progress,
+            )
+            return curv, None
+
+        description = settings.describe()
+    if recalibrate_bn and data is None:
+        raise ValueError("recalibrate_bn=True needs data=<loader> to re-estimate BatchNorm with")
+    return run_pruning(
+        model,
+        layout,
+        provider,
+        sparsity,
+        scope=scope,
+        update=update,
+        steps=steps,
+        schedule_power=schedule_power,
+        min_density=min_density,
+        eval_data=eval_data if eval_data is not None else data,
+        per_layer_actual=per_layer_actual,
+        bn_data=data if recalibrate_bn else None,
+        bn_batches=bn_batches,
+        loss_fn=loss_fn,
+        max_memory_gb=max_memory_gb,
+        progress=progress,
+        description=description,
+    )
+
+
+def _resolve_method(method) -> PruningSettings | Curvature:
+    if isinstance(method, Curvature | PruningSettings):
+        return method
+    if isinstance(method, str):
+        one_of(method, "method", METHODS)
+        return PruningSettings(method=method)
+    raise TypeError(
+        f"method must be one of {list(METHODS)}, a PruningSettings or a Curvature, "
+        f"got {type(method).__name__}"
+    )
+
+
+def default_update(curvature: Curvature) -> str:
+    """``"none"`` for a diagonal C (every update coincides), else the published ``"summed"``."""
+    return "none" if isinstance(curvature, IdentityCurvature | DiagonalCurvature) else "summed"
+
+
+def polynomial_schedule(start: float, end: float, steps: int, power: float = 3.0) -> list[float]:
+    """s_t = s_f + (s_0 − s_f)(1 − t/k)^p for t = 1…k; the last is always s_f."""
+    return [end + (start - end) * (1 - t / steps) ** power for t in range(1, steps + 1)]
+
+
+def check_pruning_arguments(
+    sparsity: Sparsity, scope: str, update: str | None, min_density: float
+) -> None:
+    one_of(scope, "scope", SCOPES)
+    if update is not None:
+        one_of(update, "update", UPDATES)
+    check_min_density(min_density)
+    if isinstance(sparsity, Mapping):
+        if scope != "layerwise":
+            raise ValueError(
+                "sparsity: a per-layer map needs scope='layerwise'; global scope takes one number"
+            )
+        for key, value in sparsity.items():
+            check_sparsity(value, f"sparsity[{key!r}]")
+    else:
+        check_sparsity(sparsity)
+
+
+def run_pruning(
+    model: nn.Module,
+    layout: ParameterLayout,
+    provider: CurvatureProvider,
+    sparsity: Sparsity,
+    *,
+    scope: str = "global",
+    update: str | None = None,
+    steps: int = 1,
+    schedule_power: float = 3.0,
+    min_density: float = 0.0,
+    eval_data: Iterable | None = None,
+    per_layer_actual: bool = True,
+    bn_data: Iterable | None = None,
+    bn_batches: int | None = None,
+    loss_fn: LossFn = F.cross_entropy,
+    max_memory_gb: float = DEFAULT_MAX_MEMORY_GB,
+    progress: bool = True,
+    description: dict | None = None,
+) -> PruningResult:
+    """The pruning loop behind :func:`prune_model`, with curvature from ``provider``."""
+    check_pruning_arguments(sparsity, scope, update, min_density)
+    work = copy.deepcopy(model)
+    params = dict(work.named_parameters())
+    w_dense = layout.flatten(work).to(torch.float64)
+    pruned = w_dense == 0
+    initially = pruned.clone()
+    targets = _targets(layout, pruned, sparsity, steps, schedule_power)
+    contributions = torch.zeros_like(w_dense)
+    step_rows, used_update, damping = [], update, None
+    bar = tqdm(targets, desc="pruning steps", disable=not progress or steps == 1, leave=False)
+    for t, target in enumerate(bar, start=1):
+        keep = ~pruned if bool(pruned.any()) else None
+        curvature, inverse_diag = provider(t, work, keep)
+        if used_update is None:
+            used_update = default_update(curvature)
+        damping = curvature.damping
+        w = layout.flatten(work).to(torch.float64)
+        if inverse_diag is None:
+            inverse_diag = curvature.inverse_diag()
+        scores = obs_saliency(w, inverse_diag)
+        new_pruned = select_pruned(
+            scores, layout, target, scope=scope, min_density=min_density, fixed=pruned
+        )
+        change = update_weights(
+            w,
+            new_pruned,
+            curvature,
+            used_update,
+            inverse_diag=inverse_diag,
+            max_memory_gb=max_memory_gb,
+        )
+        _write(params, layout, change.weights)
+        contributions += change.contributions
+        fresh = new_pruned & ~pruned
+        step_rows.append(
+            {
+                "step": t,
+                "target_sparsity": _mean_target(layout, target),
+                "sparsity": float(new_pruned.double().mean()),
+                "newly_pruned": int(fresh.sum()),
+                "predicted_delta_loss": change.predicted_delta_loss,
+                "sum_of_saliencies": float(scores[fresh].sum()),
+                "curvature": curvature.kind,
+                "damping": curvature.damping,
+            }
+        )
+        pruned = new_pruned
+    if bn_data is not None:
+        recalibrate_batchnorm(work, bn_data, num_batches=bn_batches)
+
+    layers = _layer_table(layout, pruned, initially, contributions)
+    summary = {
+        **(description or {}),
+        "update": used_update,
+        "scope": scope,
+        "steps": steps,
+        "target_sparsity": _mean_target(layout, targets[-1]),
+        "sparsity": float(pruned.double().mean()),
+        "pruned": int(pruned.sum()),
+        "analysed": layout.dim,
+        "predicted_delta_loss": float(contributions.sum()),
+        "sum_of_saliencies": float(sum(r["sum_of_saliencies"] for r in step_rows)),
+        "damping": damping,
+        "recalibrated_bn": bn_data is not None,
+    }
+    if eval_data is not None:
+        dense = evaluate_model(copy.deepcopy(model), eval_data, loss_fn=loss_fn)
+        after = evaluate_model(work, eval_data, loss_fn=loss_fn)
+        summary.update(
+            dense_loss=dense["loss"],
+            dense_accuracy=dense["accuracy"],
+            loss=after["loss"],
+            accuracy=after["accuracy"],
+            actual_delta_loss=after["loss"] - dense["loss"],
+        )
+        if per_layer_actual:
+            layers["actual_delta_loss"] = _per_layer_actual(
+                model, work, layout, eval_data, loss_fn, dense["loss"]
+            )
+    return PruningResult(
+        model=work,
+        masks=keep_masks(pruned, layout),
+        layers=layers,
+        steps=pd.DataFrame(step_rows),
+        summary=summary,
+        layout=layout,
+    )
+
+
+def _targets(layout, pruned, sparsity, steps, power) -> list:
+    if not isinstance(sparsity, Mapping):
+        start = float(pruned.double().mean())
+        return polynomial_schedule(start, float(sparsity), steps, power)
+    ends = layer_sparsities(layout, sparsity)
+    per_layer = []
+    for p, end in zip(layout.parameters, ends, strict=True):
+        start = float(pruned[p.offset : p.stop].double().mean())
+        per_layer.append(polynomial_schedule(start, end, steps, power))
+    return [
+        {p.name: sched[t] for p, sched in zip(layout.parameters, per_layer, strict=True)}
+        for t in range(steps)
+    ]
+
+
+def _mean_target(layout: ParameterLayout, target) -> float:
+    if not isinstance(target, Mapping):
+        return float(target)
+    return sum(target[p.name] * p.numel for p in layout.parameters) / layout.dim
+
+
+@torch.no_grad()
+def _write(params: dict[str, nn.Parameter], layout: ParameterLayout, flat: torch.Tensor) -> None:
+    for p in layout.parameters:
+        param = params[p.name]
+        param.copy_(flat[p.offset : p.stop].reshape(p.shape).to(param.dtype))
+
+
+def _layer_table(layout, pruned, initially, contributions) -> pd.DataFrame:
+    rows = []
+    for i, p in enumerate(layout.parameters):
+        part = slice(p.offset, p.stop)
+        rows.append(
+            {
+                "layer": i,
+                "parameter": p.name,
+                "module": p.module_type,
+                "shape": "×".join(map(str, p.shape)),
+                "numel": p.numel,
+                "pruned": int(pruned[part].sum()),
+                "sparsity": float(pruned[part].double().mean()),
+                "newly_pruned": int((pruned[part] & ~initially[part]).sum()),
+                "predicted_delta_loss": float(contributions[part].sum()),
+                "actual_delta_loss": float("nan"),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+@torch.no_grad()
+def _per_layer_actual(model, work, layout, data, loss_fn, dense_loss) -> list[float]:
+    """Loss change when only one layer's final weights replace the dense ones."""
+    probe = copy.deepcopy(model)
+    probe_params = dict(probe.named_parameters())
+    final = dict(work.named_parameters())
+    out = []
+    for p in layout.parameters:
+        original = probe_params[p.name].detach().clone()
+        probe_params[p.name].copy_(final[p.name])
+        out.append(evaluate_model(probe, data, loss_fn=loss_fn)["loss"] - dense_loss)
+        probe_params[p.name].copy_(original)
+    return out
