@@ -15,6 +15,8 @@ from wfexplore.pruning.evaluation import evaluate_model, recalibrate_batchnorm
 from wfexplore.pruning.masks import SCOPES, keep_masks, select_pruned
 from wfexplore.pruning.prune import PruningResult, polynomial_schedule, prune_model
 from wfexplore.pruning.saliency import Saliency, compute_saliency, obs_saliency
+from wfexplore.pruning.sensitivity import global_allocation, layer_sensitivity, mask_overlap
+from wfexplore.pruning.sweeps import sweep
 from wfexplore.pruning.updates import UPDATES, WeightUpdate, group_update, update_weights
 
 __all__ = [
@@ -29,12 +31,16 @@ __all__ = [
     "compute_saliency",
     "estimate_curvature",
     "evaluate_model",
+    "global_allocation",
     "group_update",
     "keep_masks",
+    "layer_sensitivity",
+    "mask_overlap",
     "obs_saliency",
     "polynomial_schedule",
     "prune_model",
     "recalibrate_batchnorm",
     "select_pruned",
+    "sweep",
     "update_weights",
 ]
