@@ -143,17 +143,18 @@ def test_dominance_bars_use_the_layer_frame_or_block_medians():
 def test_spectrum_draws_magnitudes_on_a_log_axis_and_marks_negative_eigenvalues():
     frame = pd.DataFrame(
         {
-            "kind": ["hessian"] * 3 + ["fisher"] * 3,
-            "block": [0] * 6,
-            "rank": [1, 2, 3] * 2,
-            "eigenvalue": [4.0, 0.5, -0.2, 3.0, 1e-3, 0.0],
+            "kind": ["hessian"] * 4 + ["fisher"] * 4,
+            "block": [0] * 8,
+            "rank": [1, 2, 3, 4] * 2,
+            "eigenvalue": [4.0, 0.5, -0.2, -1e-13, 3.0, 1e-3, 1e-14, 0.0],
         }
     )
     fig = spectrum_figure(frame)
     assert fig.layout.yaxis.type == "log"
     lines = [t for t in fig.data if t.mode == "lines"]
-    np.testing.assert_allclose(lines[0].y, [4.0, 0.5, 0.2])
-    np.testing.assert_allclose(lines[1].y, [3.0, 1e-3, np.nan])
+    # numerically zero eigenvalues (below 1e-10 × the largest) are left out
+    np.testing.assert_allclose(lines[0].y, [4.0, 0.5, 0.2, np.nan])
+    np.testing.assert_allclose(lines[1].y, [3.0, 1e-3, np.nan, np.nan])
     negative = [t for t in fig.data if t.mode == "markers"]
     assert len(negative) == 1
     assert list(negative[0].x) == [3] and list(negative[0].y) == [0.2]

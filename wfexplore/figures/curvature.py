@@ -36,6 +36,8 @@ KIND_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 
 STATISTIC_LABELS = {
     "dominant_row_share": "share of diagonally dominant rows",
+    "dominant_nonzero_row_share": "share of dominant rows among non-zero rows",
+    "zero_row_share": "share of all-zero rows",
     "median_row_ratio": "median |M_ii| / Σ_j≠i |M_ij|",
     "diagonal_frobenius_share": "share of ‖M‖²_F on the diagonal",
     "relative_frobenius_error": "‖F_λ − H_λ‖_F / ‖H_λ‖_F",
@@ -288,10 +290,10 @@ def dominance_histograms(
 def dominance_long(frame: pd.DataFrame, *, color: str = "kind") -> pd.DataFrame:
     """Per-layer dominance in long form: ``layer``, ``parameter``, ``kind``, statistic columns.
 
-    Accepts a :func:`~wfexplore.statistics.dominance_table` frame (blocks are summarised by
-    their median per parameter and kind) or the ``layers`` frame of
-    :func:`~wfexplore.analysis.compare_fisher_and_hessian` (its ``fisher_*`` / ``hessian_*``
-    columns, already medians over blocks).
+    Accepts a :func:`~wfexplore.statistics.dominance_table` frame (each numeric column, also
+    any added to it, is summarised by its median over blocks per parameter and kind) or the
+    ``layers`` frame of :func:`~wfexplore.analysis.compare_fisher_and_hessian` (its
+    ``fisher_*`` / ``hessian_*`` columns, already medians over blocks).
     """
     if set(_LAYER_COLUMNS) <= set(frame.columns):
         rows = []
@@ -304,8 +306,12 @@ def dominance_long(frame: pd.DataFrame, *, color: str = "kind") -> pd.DataFrame:
                 rows.append(entry)
         return pd.DataFrame(rows)
     _require_columns(frame, ["layer", "parameter", color], "frame")
-    known = ("dominant_row_share", "median_row_ratio", "diagonal_frobenius_share")
-    stats = [c for c in known if c in frame.columns]
+    stats = [
+        c
+        for c in frame.columns
+        if c not in ("layer", "parameter", color, "block", "size")
+        and pd.api.types.is_numeric_dtype(frame[c])
+    ]
     return frame.groupby(["layer", "parameter", color], sort=False)[stats].median().reset_index()
 
 
@@ -355,13 +361,16 @@ def spectrum_figure(
     frame: pd.DataFrame,
     *,
     color: str = "kind",
+    relative_floor: float = 1e-10,
     title: str | None = "Eigenvalues per block, largest first",
 ) -> go.Figure:
     """Eigenvalues against their rank on a log axis, one line per (kind, block).
 
     ``frame`` is a :func:`~wfexplore.statistics.spectra` frame (several concatenated).
     The axis shows |λ|: negative eigenvalues (indefinite Hessians) are marked with an
-    ``x`` at their magnitude; exact zeros cannot be drawn on a log axis and are left out.
+    ``x`` at their magnitude. Eigenvalues with |λ| below ``relative_floor`` times the
+    block's largest |λ| are numerically zero (e.g. beyond the rank m of a Fisher) and are
+    left out, as exact zeros must be on a log axis.
     """
     _require_columns(frame, [color, "block", "rank", "eigenvalue"], "frame")
     fig = go.Figure()
@@ -372,7 +381,9 @@ def spectrum_figure(
         for i, (block, rows) in enumerate(part.groupby("block", sort=True)):
             rows = rows.sort_values("rank")
             values = rows["eigenvalue"].to_numpy(dtype=float)
-            magnitude = np.where(values != 0, np.abs(values), np.nan)
+            floor = relative_floor * np.abs(values).max() if len(values) else 0.0
+            visible = (np.abs(values) > floor) & (values != 0)
+            magnitude = np.where(visible, np.abs(values), np.nan)
             fig.add_trace(
                 go.Scatter(
                     x=rows["rank"].to_numpy(),
@@ -387,7 +398,7 @@ def spectrum_figure(
                     f"<extra>{kind}</extra>",
                 )
             )
-            negative = values < 0
+            negative = visible & (values < 0)
             if negative.any():
                 fig.add_trace(
                     go.Scatter(
@@ -473,7 +484,15 @@ def effect_figure(
                     col=c,
                 )
             axis_title = EFFECT_PARAMETERS.get(param, param) if r == len(ys) else None
-            fig.update_xaxes(type="log", title_text=axis_title, row=r, col=c)
+            ticks = sorted(set(sweep[param]))
+            fig.update_xaxes(
+                type="log",
+                title_text=axis_title,
+                tickvals=ticks if len(ticks) <= 8 else None,
+                ticktext=[f"{t:g}" for t in ticks] if len(ticks) <= 8 else None,
+                row=r,
+                col=c,
+            )
         fig.update_yaxes(title_text=_label(stat), row=r, col=1)
         if log_y:
             fig.update_yaxes(type="log", row=r)
