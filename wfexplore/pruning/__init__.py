@@ -10,6 +10,7 @@ from wfexplore.pruning.estimation import (
     REPRESENTATIONS,
     PruningSettings,
     estimate_curvature,
+    take_examples,
 )
 from wfexplore.pruning.evaluation import evaluate_model, recalibrate_batchnorm
 from wfexplore.pruning.masks import SCOPES, keep_masks, select_pruned
@@ -42,5 +43,6 @@ __all__ = [
     "recalibrate_batchnorm",
     "select_pruned",
     "sweep",
+    "take_examples",
     "update_weights",
 ]

@@ -138,6 +138,7 @@ def prune_model(
     re-estimation; ``eval_data`` (default ``data``) measures the actual loss change.
     """
     how = _resolve_method(method)
+    check_pruning_arguments(sparsity, scope, update, min_density)
     positive_int(steps, "steps", "steps=1 is one-shot pruning, k > 1 re-estimates C k times")
     positive_float(schedule_power, "schedule_power", "e.g. 3 for the cubic schedule")
     if isinstance(how, Curvature):

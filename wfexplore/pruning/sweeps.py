@@ -96,6 +96,10 @@ def sweep(
     settings are left empty (NaN/None) rather than repeated. ``eval_data`` is a loader or a
     name → loader map (columns ``<name>_loss``…); default ``data``. ``cache``: True for
     ``cache_dir()/sweeps``, a folder, or False.
+
+    The curvature examples are the first m·b of one pass over ``data``: a shuffling
+    ``DataLoader`` gives other examples on every call (and so misses the cache); pass a
+    fixed list, e.g. ``take_examples(loader, m)``, to compare and cache across calls.
     """
     grid = _check_grid(
         methods, sparsities, scopes, updates, dampings, num_samples, block_sizes, steps
