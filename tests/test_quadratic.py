@@ -55,8 +55,8 @@ def kkt_costs(quadratic: Quadratic) -> list[float]:
 
 # Two-weight settings (h11, h22, c, w1, w2) within the teacher's ranges.
 two_weight_settings = st.tuples(
-    st.floats(0.1, 10.0),
-    st.floats(0.1, 10.0),
+    st.floats(0.0625, 16.0),
+    st.floats(0.0625, 16.0),
     st.floats(-0.95, 0.95),
     st.floats(-2.0, 2.0),
     st.floats(-2.0, 2.0),

@@ -56,8 +56,8 @@ def test_each_slider_moves_the_figure_and_table_in_place(teacher):
     figure, traces = teacher.figure, tuple(teacher.figure.data)
     settings = [
         ("c", -0.6),
-        ("h11", 3.0),
-        ("h22", 0.2),
+        ("h11", 4.0),
+        ("h22", 0.25),
         ("w1", -0.4),
         ("w2", 1.65),
     ]
@@ -106,7 +106,7 @@ def test_uncorrelated_curvature_says_obd_is_obs():
 def test_magnitude_warning_follows_the_weights():
     teacher = OBSTeacher(h11=1.0, h22=1.0, c=0.5, w1=1.0, w2=0.5)
     assert "Magnitude picks the wrong weight" not in teacher.table.value
-    teacher.h22.value = 10.0
+    teacher.h22.value = 8.0
     assert "Magnitude picks the wrong weight" in teacher.table.value
 
 

@@ -20,8 +20,8 @@ from wfexplore.quadratic import Quadratic, QuadraticComparison, compare_rules, t
 __all__ = ["OBSTeacher", "SLIDER_RANGES"]
 
 SLIDER_RANGES: dict[str, tuple[float, float]] = {
-    "h11": (0.1, 10.0),
-    "h22": (0.1, 10.0),
+    "h11": (0.0625, 16.0),
+    "h22": (0.0625, 16.0),
     "c": (-0.95, 0.95),
     "w1": (-2.0, 2.0),
     "w2": (-2.0, 2.0),
@@ -150,10 +150,10 @@ class OBSTeacher:
         style = {"description_width": "150px"}
         layout = widgets.Layout(width="380px")
         self.h11 = widgets.FloatLogSlider(
-            value=values["h11"], base=10, min=-1, max=1, step=0.05, readout_format=".3g"
+            value=values["h11"], base=2, min=-4, max=4, step=0.25, readout_format=".3g"
         )
         self.h22 = widgets.FloatLogSlider(
-            value=values["h22"], base=10, min=-1, max=1, step=0.05, readout_format=".3g"
+            value=values["h22"], base=2, min=-4, max=4, step=0.25, readout_format=".3g"
         )
         self.c = widgets.FloatSlider(
             value=values["c"], min=-0.95, max=0.95, step=0.05, readout_format=".2f"
