@@ -138,3 +138,20 @@ def test_css_classes_for_browser_tests():
 def test_constructor_rejects_values_outside_the_sliders(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         OBSTeacher(**kwargs)
+
+
+def test_a_failing_setting_shows_a_message_not_a_traceback(monkeypatch):
+    import wfexplore.widgets.teacher as teacher_module
+
+    teacher = OBSTeacher()
+    before = [np.array(t.x, dtype=float) for t in teacher.figure.data[1:]]
+
+    def refuse(quadratic):
+        raise ValueError("the Hessian must be positive definite")
+
+    monkeypatch.setattr(teacher_module, "compare_rules", refuse)
+    teacher.w1.value = 0.5
+    assert "Cannot draw this setting" in teacher.table.value
+    assert "positive definite" in teacher.table.value
+    after = [np.array(t.x, dtype=float) for t in teacher.figure.data[1:]]
+    assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
