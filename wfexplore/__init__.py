@@ -2,9 +2,18 @@
 
 Empirical-Fisher blocks and their inverses (WoodFisher), exact Hessian blocks beside
 them, diagonal-dominance statistics and OBD/OBS saliencies, on any ``nn.Module``.
+Submodules are imported on use, so that a page that needs no torch does not load it.
 """
 
-from wfexplore.params import ParameterLayout
+from __future__ import annotations
 
 __version__ = "0.1.0"
 __all__ = ["ParameterLayout", "__version__"]
+
+
+def __getattr__(name: str):
+    if name == "ParameterLayout":
+        from wfexplore.params import ParameterLayout
+
+        return ParameterLayout
+    raise AttributeError(f"module 'wfexplore' has no attribute {name!r}")
