@@ -33,10 +33,22 @@ def test_layer_table_matches_hand_built_fisher_and_autograd_hessian(mlp, mlp_loa
 @pytest.mark.slow
 def test_demo_command_prints_the_layer_table(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WFEXPLORE_CACHE_DIR", str(tmp_path))
-    code = main(["demo", "--num-samples", "64", "--hessian-examples", "32", "--block-size", "32"])
+    report = tmp_path / "out" / "report.html"
+    code = main(
+        ["demo", "--num-samples", "64", "--hessian-examples", "32", "--block-size", "32"]
+        + ["--sparsities", "0.5,0.9", "--report", str(report)]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "test accuracy" in out
     for column in ("fisher_vs_hessian_error", "obs_update_cosine", "hessian_dominant_rows"):
         assert column in out
     assert (tmp_path / "digits-mlp-v1.pt").is_file()
+    for method in ("magnitude", "OBD", "WoodFisher"):
+        assert method in out
+    assert f"report: {report.resolve()}" in out
+    text = report.read_text(encoding="utf-8")
+    assert text.count("* plotly.js v") == 1
+    assert text.count('class="plotly-graph-div"') >= 8
+    for heading in ("Fisher versus Hessian", "Pruning comparison", "Masks", "Per-layer sparsity"):
+        assert heading in text

@@ -5,17 +5,33 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
+from torch.utils.data import DataLoader
 
 from wfexplore import servers
 from wfexplore.analysis import compare_fisher_and_hessian
 from wfexplore.data import digits_loaders
 from wfexplore.training import DIGITS_KINDS, evaluate, pretrained_digits_model
 
+DEFAULT_REPORT = "wfexplore-report.html"
+
 
 def _block_size(text: str):
     return text if text in ("layer", "model") else int(text)
+
+
+def _sparsities(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated fractions such as 0.5,0.8,0.9, got {text!r}"
+        ) from None
+    if not values or not all(0 <= v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"sparsities must lie in [0, 1), got {text!r}")
+    return values
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser(
         "demo",
-        help="train or load a digits model and compare its Fisher and Hessian layer by layer",
+        help="train or load a digits model, compare its Fisher and Hessian layer by layer, "
+        "compare pruning methods and write an HTML report",
     )
     demo.add_argument("--model", choices=DIGITS_KINDS, default="mlp")
     demo.add_argument("--num-samples", type=int, default=512, help="gradient samples m")
@@ -35,6 +52,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--hessian-examples", type=int, default=512, help="examples in the Hessian's loss"
     )
     demo.add_argument("--retrain", action="store_true", help="ignore the cached model")
+    demo.add_argument(
+        "--sparsities",
+        type=_sparsities,
+        default=[0.5, 0.7, 0.8, 0.9],
+        help="sparsities of the pruning comparison (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--report",
+        type=Path,
+        default=Path(DEFAULT_REPORT),
+        help="where to write the HTML report (default: ./%(default)s)",
+    )
     lab = commands.add_parser(
         "lab", help="copy the notebooks to a working folder and open JupyterLab on them"
     )
@@ -74,7 +103,49 @@ def demo(args: argparse.Namespace) -> int:
     )
     with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 200):
         print(result.layers.to_string(index=False))
-    print(f"\ndone in {time.perf_counter() - start:.1f} s")
+
+    from wfexplore.report import compare_pruning, model_table, write_report
+
+    ordered = DataLoader(train.dataset, batch_size=256)  # fixed order: the sweep cache keys on it
+    pruning = compare_pruning(
+        model,
+        ordered,
+        test,
+        sparsities=args.sparsities,
+        damping=args.damping,
+        num_samples=args.num_samples,
+        block_size=args.block_size,
+    )
+    print(
+        f"\nOne-shot global pruning (λ={args.damping:g}, m={args.num_samples}, WoodFisher blocks "
+        f"of {args.block_size}, summed OBS update); test accuracy:"
+    )
+    with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 200):
+        print(pruning.summary("accuracy").to_string(index=False))
+    for sentence in pruning.findings():
+        print(sentence)
+    path = write_report(
+        args.report,
+        title=f"wfexplore demo: digits {args.model}",
+        model_info=model_table(
+            model,
+            f"digits {args.model}",
+            train_examples=len(train.dataset),
+            test_examples=len(test.dataset),
+            accuracy=accuracy,
+            analysed=result.fisher.layout.dim,
+        ),
+        fisher_hessian=result,
+        pruning=pruning,
+        tables={
+            "Sweep (one row per method and sparsity)": pruning.sweep.drop(
+                columns=["cached"], errors="ignore"
+            ),
+            "Per-layer sensitivity (each layer pruned alone)": pruning.sensitivity,
+        },
+    )
+    print(f"\nreport: {path.resolve()}")
+    print(f"done in {time.perf_counter() - start:.1f} s")
     return 0
 
 

@@ -73,7 +73,8 @@ class PruningComparison:
         table = self.sweep.pivot_table(
             index="sparsity", columns="method", values=value, sort=False
         ).sort_index()
-        table = table[[m for m in dict.fromkeys(self.sweep["method"]) if m in table.columns]]
+        order = self.settings.get("methods") or list(dict.fromkeys(self.sweep["method"]))
+        table = table[[m for m in order if m in table.columns]]
         table.columns = [pruning_figures.method_label(m) for m in table.columns]
         dense = f"dense_{value}"
         if dense in self.sweep.columns:

@@ -248,6 +248,8 @@ def accuracy_vs_sparsity(
     if not len(frame):
         raise ValueError("frame: the sweep frame is empty")
     varying = [c for c in CURVE_KEYS if c in frame.columns and frame[c].astype(str).nunique() > 1]
+    if "update" in varying and frame.groupby("method")["update"].nunique().max() < 2:
+        varying.remove("update")  # one update per method (e.g. "none" for magnitude and OBD)
     methods = list(dict.fromkeys(frame["method"]))
     scopes = list(dict.fromkeys(frame["scope"])) if "scope" in frame.columns else [None]
     updates = list(dict.fromkeys(frame["update"])) if "update" in frame.columns else [None]
