@@ -18,6 +18,7 @@ from wfexplore.curvature.base import Curvature, resolve_damping
 from wfexplore.params import ParameterLayout
 
 DEFAULT_MAX_MEMORY_GB = 4.0
+GRAM_BUFFER_BYTES = 64 * 2**20
 
 
 @dataclass
@@ -32,6 +33,16 @@ class BlockGroup:
     @property
     def size(self) -> int:
         return self.index.shape[1]
+
+    def runs(self) -> list[tuple[int, int, int]]:
+        """Maximal runs ``(k0, k1, start)``: blocks k0…k1−1 lie contiguously from ``start``."""
+        starts = self.index[:, 0].tolist()
+        runs, k0 = [], 0
+        for k in range(1, len(starts) + 1):
+            if k == len(starts) or starts[k] != starts[k - 1] + self.size:
+                runs.append((k0, k, starts[k0]))
+                k0 = k
+        return runs
 
 
 def group_blocks(layout: ParameterLayout, device: torch.device | str = "cpu") -> list[BlockGroup]:
@@ -102,8 +113,7 @@ class DenseBlockCurvature(Curvature):
                     n, s = grp.index.shape
                     grp.matrix = torch.zeros(n, s, s, dtype=dtype, device=chunk.device)
             for grp in groups:
-                g = chunk[:, grp.index].to(dtype).transpose(0, 1)  # (n, c, s)
-                grp.matrix.baddbmm_(g.transpose(1, 2), g)
+                _accumulate_gram(grp, chunk, dtype)
             m += chunk.shape[0]
         if m == 0:
             raise ValueError("gradients: no gradient samples were given")
@@ -171,5 +181,24 @@ def batched_symmetric_inverse(matrix: torch.Tensor) -> torch.Tensor:
     inverse = torch.cholesky_inverse(chol)
     failed = info != 0
     if failed.any():
-        inverse[failed] = torch.linalg.inv(matrix[failed])
-    return (inverse + inverse.transpose(1, 2)) / 2
+        lu_inverse = torch.linalg.inv(matrix[failed])
+        inverse[failed] = (lu_inverse + lu_inverse.transpose(1, 2)) / 2
+    return inverse
+
+
+def _accumulate_gram(grp: BlockGroup, chunk: torch.Tensor, dtype: torch.dtype) -> None:
+    """grp.matrix[k] += G_Bᵀ G_B for every block, reading contiguous runs of blocks as views.
+
+    Blocks are converted to ``dtype`` a few at a time through one reused buffer, so the
+    chunk is never copied whole.
+    """
+    c, s = chunk.shape[0], grp.size
+    per_pass = max(1, GRAM_BUFFER_BYTES // (c * s * torch.finfo(dtype).bits // 8))
+    buffer = torch.empty(min(per_pass, len(grp.blocks)), c, s, dtype=dtype, device=chunk.device)
+    for k0, k1, start in grp.runs():
+        run = chunk[:, start : start + (k1 - k0) * s].unflatten(1, (k1 - k0, s))  # (c, n, s)
+        for a in range(0, k1 - k0, per_pass):
+            part = run[:, a : a + per_pass].permute(1, 0, 2)  # (nb, c, s)
+            g = buffer[: part.shape[0]]
+            g.copy_(part)
+            grp.matrix[k0 + a : k0 + a + g.shape[0]].baddbmm_(g.transpose(1, 2), g)

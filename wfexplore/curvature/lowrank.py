@@ -21,7 +21,7 @@ import torch
 from wfexplore.curvature.base import Curvature, resolve_damping
 from wfexplore.params import ParameterLayout
 
-COLUMN_CHUNK_BYTES = 256 * 2**20
+COLUMN_CHUNK_BYTES = 64 * 2**20
 DISPLAY_BLOCK_LIMIT = 8192
 
 
@@ -47,6 +47,10 @@ class LowRankCurvature(Curvature):
         self.num_samples = gradients.shape[0]
         self.dtype = dtype
         self._columns = max(1, COLUMN_CHUNK_BYTES // (8 * self.num_samples))
+        self._buffers = [
+            torch.empty(self.num_samples, self._columns, dtype=dtype, device=gradients.device)
+            for _ in range(2)
+        ]
         self.factors = [self._factor(b.start, b.stop) for b in layout.blocks]
 
     @classmethod
@@ -63,7 +67,11 @@ class LowRankCurvature(Curvature):
         g = gradients if isinstance(gradients, torch.Tensor) else torch.cat(list(gradients))
         if g.shape[0] == 0:
             raise ValueError("gradients: no gradient samples were given")
-        mean_diag = float(g.to(dtype).pow(2).sum()) / (g.shape[0] * layout.dim)
+        mean_diag = (
+            sum(float(part.to(dtype).square().sum()) for part in g.split(4096, dim=1)) / g.numel()
+            if relative_damping
+            else float("nan")
+        )
         return cls(layout, g, resolve_damping(damping, relative_damping, mean_diag), dtype=dtype)
 
     # --- the interface -----------------------------------------------------------------------
@@ -80,8 +88,8 @@ class LowRankCurvature(Curvature):
             eye = torch.eye(self.num_samples, dtype=self.dtype, device=chol.device)
             chol_inv = torch.linalg.solve_triangular(chol, eye, upper=False)
             for start, stop in self._column_chunks(b.start, b.stop):
-                w = _lower_times(chol_inv, self._cols(start, stop))
-                out[start:stop] = (1.0 - w.pow(2).sum(0)) / self.damping
+                w = _lower_times(chol_inv, self._cols(start, stop), self._buffers[1])
+                out[start:stop] = (1.0 - w.square_().sum(0)) / self.damping
         return out
 
     def inverse_mv(self, vector: torch.Tensor) -> torch.Tensor:
@@ -115,7 +123,7 @@ class LowRankCurvature(Curvature):
                 f"block {index} has {b.size} weights; a dense copy is only made for blocks of at "
                 f"most {DISPLAY_BLOCK_LIMIT}; use a layout with a smaller block_size for display"
             )
-        g = self._cols(b.start, b.stop)
+        g = self.gradients[:, b.start : b.stop].to(self.dtype)
         dense = g.T @ g / self.num_samples
         dense.diagonal().add_(self.damping)
         return dense
@@ -134,7 +142,10 @@ class LowRankCurvature(Curvature):
         return torch.linalg.cholesky(gram)
 
     def _cols(self, start: int, stop: int) -> torch.Tensor:
-        return self.gradients[:, start:stop].to(self.dtype)
+        """G[:, start:stop] in ``dtype``, in a reused buffer (valid until the next call)."""
+        cols = self._buffers[0][:, : stop - start]
+        cols.copy_(self.gradients[:, start:stop])
+        return cols
 
     def _column_chunks(self, start: int, stop: int):
         for a in range(start, stop, self._columns):
@@ -160,10 +171,10 @@ def _gram(g: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _lower_times(lower: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+def _lower_times(lower: torch.Tensor, g: torch.Tensor, buffer: torch.Tensor) -> torch.Tensor:
     """L G for a lower-triangular (m, m) L and a (m, c) G, skipping the zero upper blocks."""
-    out = torch.empty_like(g)
+    out = buffer[:, : g.shape[1]]
     e = _row_edges(g.shape[0])
     for a, z in zip(e[:-1], e[1:], strict=True):
-        out[a:z] = lower[a:z, :z] @ g[:z]
+        torch.matmul(lower[a:z, :z], g[:z], out=out[a:z])
     return out
