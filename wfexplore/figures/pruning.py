@@ -692,7 +692,8 @@ def mask_traces(
         counts = {n: int((np.asarray(categories) == c).sum()) for c, n in enumerate(CATEGORY_NAMES)}
         traces.append(
             {
-                "z": picture,
+                # gaps as None, not NaN: NaN is not valid JSON for the widget messages
+                "z": np.where(np.isnan(picture), None, picture).tolist(),
                 "text": text,
                 "name": str(label),
                 "zmin": -0.5,
