@@ -72,6 +72,9 @@ def test_heatmaps_equal_a_hand_built_fisher_and_the_autograd_hessian(mlp, mlp_lo
         diagonal_share
     )
     assert "Hessian H" in explorer.stats.value
+    assert "wfx-fisher-heatmap" in explorer.heatmap._dom_classes
+    assert explorer.heatmap.children == (explorer.figure,)
+    assert "wfx-fisher-damping" in explorer.damping._dom_classes
 
     explorer.view.value = "inverse"
     np.testing.assert_allclose(heatmaps(explorer)[1], np.linalg.inv(f), rtol=1e-7, atol=1e-9)

@@ -212,7 +212,12 @@ def heatmap_traces(
         colorbar = _log_colorbar(largest, epsilon, colorbar_title)
     else:
         limit = largest
-        colorbar = {"title": {"text": colorbar_title}, "tickvals": None, "ticktext": None}
+        colorbar = {
+            "title": {"text": colorbar_title},
+            "tickvals": None,
+            "ticktext": None,
+            "tickformat": ".2~g",
+        }
     traces = []
     for label, matrix in matrices.items():
         trace = {"name": label, "coloraxis": "coloraxis"}
@@ -240,6 +245,7 @@ def _log_colorbar(largest: float, epsilon: float, title: str) -> dict:
     values = [0.0] + [s * 10.0**k for k in decades for s in (1, -1)]
     return {
         "title": {"text": f"{title}<br>sign·log₁₀(1+|x|/ε)<br>ε = {epsilon:.2g}"},
+        "tickformat": None,
         "tickvals": [float(signed_log(np.array(v), epsilon)) for v in values],
         "ticktext": ["0"] + [f"{v:.0e}" for v in values[1:]],
     }

@@ -35,6 +35,8 @@ from wfexplore.statistics import compare_blocks, dominance_table
 DEFAULT_BLOCK_SIZES = (4, 8, 16, 32, 64, 128, 256)
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 VIEWS = ("curvature", "inverse")
+HESSIAN_BATCH = 256
+"""Hessian columns computed per batched call; smaller blocks are cut from larger ones."""
 
 
 class ImpossibleSetting(ValueError):
@@ -58,9 +60,11 @@ class FisherHessianCache:
     """Exact Hessian blocks and gradient samples of single layers, each computed once.
 
     ``hessian(layer, block_size)`` runs :func:`~wfexplore.curvature.hessian_blocks` on the
-    layout ``ParameterLayout.from_model(model, names=[layer], block_size=block_size)``, over
-    the first ``hessian_examples`` examples (default: all); a finer block size whose blocks
-    lie inside the blocks of a Hessian already computed is cut from it without new work.
+    layout ``ParameterLayout.from_model(model, names=[layer], block_size=B)``, over the
+    first ``hessian_examples`` examples (default: all), with B the largest multiple of
+    ``block_size`` up to :data:`HESSIAN_BATCH` (fewer, larger batches of Hessian-vector
+    products), and cuts the requested blocks from it; any finer block size whose blocks lie
+    inside blocks already computed is cut without new work.
     ``gradients(layer, batch_size, fisher)`` holds ``available_samples(batch_size)`` gradient
     samples (at most ``max_samples``); ``fisher(...)`` uses the first m of them.
     ``hessian_computations`` and ``gradient_computations`` count the expensive calls.
@@ -132,15 +136,21 @@ class FisherHessianCache:
         """Exact Hessian blocks of ``layer`` (+ ``damping``·I), computed once per block size."""
         key = (layer, block_size)
         if key not in self._hessians and not self._cut_hessian(layer, block_size):
-            layout = self.layout(layer, block_size)
-            self._hessians[key] = hessian_blocks(
+            # Hessian-vector products are taken in one batch per block: compute blocks of a
+            # multiple of block_size (up to HESSIAN_BATCH columns) and cut the small blocks.
+            coarse = block_size * max(1, HESSIAN_BATCH // block_size)
+            coarse = min(coarse, self.layer_size(layer))
+            self._hessians[(layer, coarse)] = hessian_blocks(
                 self.model,
                 self.data,
-                layout,
+                self.layout(layer, coarse),
                 num_examples=self.hessian_examples,
+                basis_chunk=min(coarse, HESSIAN_BATCH),
                 progress=self.progress,
             )
             self.hessian_computations += 1
+            if key not in self._hessians:
+                self._cut_hessian(layer, block_size)
         if damping == 0.0:
             return self._hessians[key]
         dkey = (layer, block_size, float(damping))
@@ -348,9 +358,10 @@ class FisherHessianExplorer:
     ``damping`` (λ, log scale), ``batch_size`` (b), ``fisher`` (empirical / true), ``view``
     (the dampened matrices C + λI, or their inverses) and ``log_scale``. Outputs:
     ``figure`` (a ``go.FigureWidget`` with three heatmaps: H + λI, F + λI and their
-    difference, or the inverses), ``stats`` (HTML table; the numbers are in ``statistics``
-    and ``comparison``), ``message`` (why a setting cannot be drawn) and ``progress``
-    (progress bars of long computations). ``widget`` is the container to display.
+    difference, or the inverses; inside the box ``heatmap``), ``stats`` (HTML table; the
+    numbers are in ``statistics`` and ``comparison``), ``message`` (why a setting cannot be
+    drawn) and ``progress`` (progress bars of long computations). ``widget`` is the
+    container to display.
 
     The Hessian of a (layer, block size) and the gradient samples of a (layer, b, Fisher
     kind) are computed once (see :class:`FisherHessianCache`, shared through ``cache``);
@@ -406,8 +417,8 @@ class FisherHessianExplorer:
         self.statistics = pd.DataFrame()
         self.comparison: dict[str, float] = {}
 
-        style = {"description_width": "150px"}
-        wide = widgets.Layout(width="420px")
+        style = {"description_width": "160px"}
+        wide = widgets.Layout(width="430px")
         self.layer = widgets.Dropdown(options=layers, value=layer, description="layer")
         self.block_size = widgets.Dropdown(
             options=block_sizes, value=block_size, description="block size B"
@@ -424,7 +435,7 @@ class FisherHessianExplorer:
             readout_format=".1e",
         )  # fmt: skip
         self.batch_size = widgets.Dropdown(
-            options=batch_sizes, value=batch_size, description="examples per gradient b"
+            options=batch_sizes, value=batch_size, description="examples/gradient b"
         )
         self.fisher = widgets.ToggleButtons(
             options=[("empirical Fisher", "empirical"), ("true Fisher", "true")],
@@ -436,10 +447,14 @@ class FisherHessianExplorer:
             value="curvature",
             description="show",
         )
-        self.log_scale = widgets.Checkbox(value=False, description="log-magnitude colours")
+        self.log_scale = widgets.Checkbox(
+            value=False, description="log-magnitude colours", layout=widgets.Layout(width="430px")
+        )
         self.block.value = block
         for name, control in self.controls.items():
             control.style = style
+            if isinstance(control, widgets.ToggleButtons):
+                control.style.button_width = "125px"
             if isinstance(control, (widgets.IntSlider, widgets.FloatLogSlider)):
                 control.layout = wide
             control.add_class("wfx-fisher-control")
@@ -455,10 +470,15 @@ class FisherHessianExplorer:
         figure = block_heatmaps(
             {"H + λI": placeholder, "F + λI": placeholder, "F − H": placeholder},
             difference=None,
-            panel_size=280,
+            title="computing…",
+            panel_size=260,
         )
         self.figure = go.FigureWidget(figure)
-        self.figure.add_class("wfx-fisher-heatmap")
+        self.figure.add_class("wfx-fisher-figure")
+        # the plot element is the figure widget itself: a box around it carries the class
+        # selected as ".wfx-fisher-heatmap .js-plotly-plot"
+        self.heatmap = widgets.Box([self.figure])
+        self.heatmap.add_class("wfx-fisher-heatmap")
 
         intro = widgets.HTML(
             "<b>Fisher versus Hessian, one block.</b> Left: the exact Hessian H of the mean "
@@ -485,7 +505,7 @@ class FisherHessianExplorer:
                 widgets.HBox([controls, self.stats], layout=widgets.Layout(flex_flow="row wrap")),
                 self.message,
                 self.progress,
-                self.figure,
+                self.heatmap,
             ]
         )
         self.widget.add_class("wfx-fisher")
@@ -684,10 +704,11 @@ class FisherHessianExplorer:
         )
         c = self.comparison
         return (
-            '<table style="border-collapse:collapse;font-size:13px" class="wfx-fisher-table">'
+            "<style>.wfx-fisher-table td, .wfx-fisher-table th {padding: 2px 10px}</style>"
+            '<table style="font-size:13px" class="wfx-fisher-table">'
             f"<tr><th>block statistics (without λ)</th><th>{fisher} Fisher F</th>"
             f"<th>Hessian H</th></tr>{rows}</table>"
-            '<table style="margin-top:8px;font-size:13px">'
+            '<table style="margin-top:8px;font-size:13px" class="wfx-fisher-table">'
             "<tr><td>‖F_λ − H_λ‖_F / ‖H_λ‖_F</td>"
             f"<td>{c['relative_frobenius_error']:.3g}</td></tr>"
             "<tr><td>cosine of OBS update directions (median, min)</td>"
