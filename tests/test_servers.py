@@ -1,0 +1,143 @@
+"""`wfexplore lab` and `wfexplore teach`: working copies, loopback, tokens, shipped notebooks."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from wfexplore import servers
+from wfexplore.cli import build_parser
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_the_package_finds_the_repository_notebooks() -> None:
+    shipped = {p.name for p in servers.shipped_notebooks()}
+    assert shipped == {p.name for p in (REPO / "notebooks").glob("*.ipynb")}
+    assert servers.TEACHER in shipped
+
+
+def test_copy_notebooks_copies_then_keeps_modified_copies(tmp_path: Path) -> None:
+    folder = tmp_path / "work"
+    first = servers.copy_notebooks(folder)
+    names = sorted(p.name for p in servers.shipped_notebooks())
+    assert sorted(first.copied) == names and not first.kept
+    for name in names:
+        assert (folder / name).read_bytes() == (servers.notebooks_dir() / name).read_bytes()
+
+    edited = folder / names[0]
+    edited.write_text("my own notes")
+    again = servers.copy_notebooks(folder)
+    assert again.copied == [] and again.kept == [names[0]]
+    assert sorted(again.unchanged) == names[1:]
+    assert edited.read_text() == "my own notes"
+    assert names[0] in again.summary() and "--overwrite" in again.summary()
+
+    replaced = servers.copy_notebooks(folder, overwrite=True)
+    assert replaced.replaced == [names[0]]
+    assert edited.read_bytes() == (servers.notebooks_dir() / names[0]).read_bytes()
+
+
+def test_lab_command_binds_loopback_with_a_random_token_kept_off_the_command_line(
+    tmp_path: Path,
+) -> None:
+    one = servers.lab_command(tmp_path)
+    two = servers.lab_command(tmp_path)
+    assert one.token != two.token and len(one.token) >= 32
+    assert "--ServerApp.ip=127.0.0.1" in one.argv
+    assert f"--ServerApp.root_dir={tmp_path.resolve()}" in one.argv
+    assert f"--ServerApp.port={one.port}" in one.argv
+    assert "--no-browser" in one.argv
+    assert not any(one.token in arg for arg in one.argv)
+    assert one.env == {"JUPYTER_TOKEN": one.token}
+    assert one.url == f"http://127.0.0.1:{one.port}/lab?token={one.token}"
+
+
+def test_teach_command_serves_the_teacher_without_code_on_loopback() -> None:
+    command = servers.teach_command(port=8123, token="abc123")
+    assert command.argv[3] == str(servers.notebooks_dir().resolve() / servers.TEACHER)
+    for arg in (
+        "--Voila.ip=127.0.0.1",
+        "--port=8123",
+        "--Voila.token=abc123",
+        "--strip_sources=True",
+        "--no-browser",
+    ):
+        assert arg in command.argv
+    assert command.url == "http://127.0.0.1:8123/?token=abc123"
+
+
+def test_teach_command_names_a_missing_notebook(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no teacher notebook"):
+        servers.teach_command(notebook=tmp_path / "missing.ipynb")
+
+
+def test_free_port_falls_back_when_the_preferred_one_is_taken() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        assert servers.free_port(busy) != busy
+
+
+def test_cli_parses_lab_and_teach() -> None:
+    parser = build_parser()
+    lab = parser.parse_args(["lab", "somewhere", "--port", "9000", "--no-browser", "--overwrite"])
+    assert (lab.command, lab.folder, lab.port, lab.no_browser, lab.overwrite) == (
+        "lab",
+        "somewhere",
+        9000,
+        True,
+        True,
+    )
+    assert parser.parse_args(["lab"]).folder == servers.DEFAULT_FOLDER
+    teach = parser.parse_args(["teach"])
+    assert (teach.command, teach.port, teach.no_browser) == ("teach", None, False)
+
+
+def test_run_lab_copies_then_serves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    seen = {}
+
+    def fake_serve(command: servers.ServerCommand, open_browser: bool, what: str) -> int:
+        seen.update(command=command, open_browser=open_browser)
+        return 0
+
+    monkeypatch.setattr(servers, "_serve", fake_serve)
+    assert servers.run_lab(tmp_path / "nb", port=9001, open_browser=False) == 0
+    assert seen["command"].cwd == (tmp_path / "nb").resolve()
+    assert seen["open_browser"] is False
+    assert (tmp_path / "nb" / servers.TEACHER).is_file()
+    assert "copied" in capsys.readouterr().out
+
+
+def test_the_wheel_ships_every_notebook(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    shutil.copytree(
+        REPO,
+        source,
+        symlinks=True,
+        ignore=shutil.ignore_patterns(
+            ".venv", ".git", "*.egg-info", "build", "dist", "__pycache__", ".*cache", ".hypothesis"
+        ),
+    )
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+        + [str(source), "-w", str(tmp_path / "dist")],
+        check=True,
+    )
+    (wheel,) = (tmp_path / "dist").glob("wfexplore-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = {n for n in archive.namelist() if n.startswith("wfexplore/notebooks/")}
+        teacher = archive.read(f"wfexplore/notebooks/{servers.TEACHER}")
+    expected = {f"wfexplore/notebooks/{p.name}" for p in (REPO / "notebooks").glob("*.ipynb")}
+    assert shipped == expected
+    assert teacher == (REPO / "notebooks" / servers.TEACHER).read_bytes()
