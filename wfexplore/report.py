@@ -112,7 +112,7 @@ def compare_methods_sentences(
         )
     if worse:
         out.append(
-            f"{lb} is at least as good as {la} at {listing(worse)} ("
+            f"{lb} is more accurate than {la} at {listing(worse)} ("
             + "; ".join(f"{s:.0%}: {table.loc[s, b]:.3f} vs {table.loc[s, a]:.3f}" for s in worse)
             + ")."
         )
