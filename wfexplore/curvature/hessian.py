@@ -42,7 +42,7 @@ def hessian_blocks(
     damping: float = 0.0,
     max_block_size: int = DEFAULT_MAX_BLOCK_SIZE,
     max_memory_gb: float = DEFAULT_MAX_MEMORY_GB,
-    basis_chunk: int = 64,
+    basis_chunk: int = 128,
     dtype: torch.dtype = torch.float64,
     progress: bool = True,
 ) -> DenseBlockCurvature:
@@ -97,18 +97,24 @@ def hessian_blocks(
 
 
 def _fill_blocks(groups, hvp, layout, dtype, device, basis_chunk: int, progress: bool) -> None:
-    """Set each group's ``matrix`` to its blocks H_BB, from Hessian-vector products H e_j."""
+    """Set each group's ``matrix`` to its blocks H_BB, from Hessian-vector products H e_j.
+
+    Columns of all blocks of a group are batched together: column j of block k is
+    (H e_j) restricted to the rows of block k.
+    """
     bar = tqdm(total=layout.dim, desc="Hessian columns", unit="col", disable=not progress)
     for grp in groups:
         n, s = grp.index.shape
         grp.matrix = torch.empty(n, s, s, dtype=dtype, device=device)
-        for k, rows in enumerate(grp.index):
-            for a in range(0, s, basis_chunk):
-                cols = rows[a : a + basis_chunk]
-                basis = torch.zeros(len(cols), layout.dim, dtype=dtype, device=device)
-                basis[torch.arange(len(cols)), cols] = 1.0
-                grp.matrix[k, :, a : a + len(cols)] = vmap(hvp)(basis)[:, rows].T
-                bar.update(len(cols))
+        flat = grp.index.reshape(-1)  # column j = flat[i] of block i // s, position i % s
+        for a in range(0, flat.numel(), basis_chunk):
+            pairs = torch.arange(a, min(a + basis_chunk, flat.numel()), device=device)
+            block, col = pairs // s, pairs % s
+            basis = torch.zeros(len(pairs), layout.dim, dtype=dtype, device=device)
+            basis[torch.arange(len(pairs), device=device), flat[pairs]] = 1.0
+            columns = vmap(hvp)(basis)  # (k, d)
+            grp.matrix[block, :, col] = columns.gather(1, grp.index[block])
+            bar.update(len(pairs))
         grp.matrix = (grp.matrix + grp.matrix.transpose(1, 2)) / 2
     bar.close()
 
