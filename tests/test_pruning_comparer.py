@@ -157,12 +157,9 @@ def test_controls_and_figures_carry_stable_css_classes(comparer):
     classes = {c for w in [comparer.widget, *comparer.controls.values()] for c in w._dom_classes}
     for name in ("wfx-comparer", "wfx-comparer-sparsity", "wfx-comparer-methods"):
         assert name in classes
-    for fig, name in [
-        (comparer.accuracy, "wfx-comparer-accuracy"),
-        (comparer.layers, "wfx-comparer-layers"),
-        (comparer.masks, "wfx-comparer-masks"),
-        (comparer.overlap, "wfx-comparer-overlap"),
-    ]:
-        assert name in fig._dom_classes
+    for slot in ("accuracy", "layers", "masks", "overlap"):
+        box = comparer.slots[slot].box
+        assert f"wfx-comparer-{slot}" in box._dom_classes
+        assert box.children == (getattr(comparer, slot),)  # the figure drawn last
     assert "wfx-comparer-message" in comparer.message._dom_classes
     assert comparer.masks.data[0].colorbar.ticktext == CATEGORY_NAMES

@@ -102,6 +102,8 @@ def test_too_few_examples_is_a_readable_message(mlp, mlp_loader):
 def test_css_classes(explorer):
     assert "wfx-sensitivity" in explorer.widget._dom_classes
     assert "wfx-sensitivity-layer" in explorer.layer._dom_classes
-    assert "wfx-sensitivity-saliency" in explorer.saliency._dom_classes
-    assert "wfx-sensitivity-scatter" in explorer.scatter._dom_classes
+    for slot in ("saliency", "scatter"):
+        box = explorer.slots[slot].box
+        assert f"wfx-sensitivity-{slot}" in box._dom_classes
+        assert box.children == (getattr(explorer, slot),)
     assert torch.is_tensor(explorer.saliencies["obd"].scores)

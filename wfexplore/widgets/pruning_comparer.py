@@ -80,12 +80,26 @@ class PrunedPoint:
     summary: dict
 
 
-def replace_figure(target: go.FigureWidget, source: go.Figure) -> None:
-    """Give a FigureWidget the traces and layout of ``source`` (one message to the page)."""
-    with target.batch_update():
-        target.data = ()
-        target.add_traces(list(source.data))
-        target.layout = source.layout
+class FigureSlot:
+    """A box, with a stable CSS class, holding one ``go.FigureWidget``.
+
+    :meth:`draw` puts a fresh FigureWidget of a new figure in the box (a figure whose
+    subplots or traces change is best drawn anew); ``figure`` is the current one, whose
+    traces may also be changed in place. In the page the plot is the ``.js-plotly-plot``
+    element inside the box.
+    """
+
+    def __init__(self, css_class: str, layout: dict):
+        self.css_class = css_class
+        self.figure = go.FigureWidget(layout=layout)
+        self.box = widgets.Box([self.figure])
+        self.box.add_class(css_class)
+
+    def draw(self, fig: go.Figure) -> go.FigureWidget:
+        old, self.figure = self.figure, go.FigureWidget(fig)
+        self.box.children = (self.figure,)
+        old.close()
+        return self.figure
 
 
 class PruningComparer:
@@ -217,14 +231,16 @@ class PruningComparer:
         self.progress_box = widgets.HBox([self.progress, self.progress_label])
         self.progress_box.layout.display = "none"
 
-        self.accuracy = go.FigureWidget(layout={"height": 380, "title": "Accuracy after pruning"})
-        self.accuracy.add_class("wfx-comparer-accuracy")
-        self.layers = go.FigureWidget(layout={"height": 340, "title": "Sparsity of each layer"})
-        self.layers.add_class("wfx-comparer-layers")
-        self.masks = go.FigureWidget(layout={"height": 380, "title": "Masks"})
-        self.masks.add_class("wfx-comparer-masks")
-        self.overlap = go.FigureWidget(layout={"height": 320, "title": "Mask overlap"})
-        self.overlap.add_class("wfx-comparer-overlap")
+        self.slots = {
+            "accuracy": FigureSlot(
+                "wfx-comparer-accuracy", {"height": 380, "title": "Accuracy after pruning"}
+            ),
+            "layers": FigureSlot(
+                "wfx-comparer-layers", {"height": 340, "title": "Sparsity of each layer"}
+            ),
+            "masks": FigureSlot("wfx-comparer-masks", {"height": 380, "title": "Masks"}),
+            "overlap": FigureSlot("wfx-comparer-overlap", {"height": 320, "title": "Overlap"}),
+        }
 
         intro = widgets.HTML(
             "<b>Comparing pruning choices.</b> Each method removes the weights of lowest "
@@ -246,11 +262,11 @@ class PruningComparer:
                 controls,
                 self.message,
                 self.progress_box,
-                self.accuracy,
-                self.layers,
-                self.masks,
+                self.slots["accuracy"].box,
+                self.slots["layers"].box,
+                self.slots["masks"].box,
                 widgets.HBox([self.overlap_a, self.overlap_b]),
-                self.overlap,
+                self.slots["overlap"].box,
             ]
         )
         self.widget.add_class("wfx-comparer")
@@ -259,7 +275,27 @@ class PruningComparer:
         if compute:
             self.update()
 
-    # --- controls --------------------------------------------------------------------------
+    # --- figures and controls ----------------------------------------------------------------
+    @property
+    def accuracy(self) -> go.FigureWidget:
+        """Accuracy against sparsity, one line per method; the last trace marks the slider."""
+        return self.slots["accuracy"].figure
+
+    @property
+    def layers(self) -> go.FigureWidget:
+        """Sparsity of each layer at the slider, one bar series per method."""
+        return self.slots["layers"].figure
+
+    @property
+    def masks(self) -> go.FigureWidget:
+        """Pictures of ``picture_layer``: pruned, kept, compensated, one panel per method."""
+        return self.slots["masks"].figure
+
+    @property
+    def overlap(self) -> go.FigureWidget:
+        """Jaccard overlap of the pruned sets of ``overlap_a`` and ``overlap_b`` per layer."""
+        return self.slots["overlap"].figure
+
     @property
     def controls(self) -> dict[str, widgets.ValueWidget]:
         return {
@@ -479,14 +515,13 @@ class PruningComparer:
             f"Accuracy after {s['scope']} pruning, update {s['update']}, "
             f"{s['steps']} step{'s' if s['steps'] > 1 else ''}"
         )
-        replace_figure(
-            self.accuracy,
-            accuracy_vs_sparsity(curves, "accuracy", marker_at=sparsity, title=title),
+        self.slots["accuracy"].draw(
+            accuracy_vs_sparsity(curves, "accuracy", marker_at=sparsity, title=title)
         )
         self.allocation = self._allocation(s)
         bars = layer_sparsity_bars(self.allocation, title=self._layers_title(s))
         bars.add_hline(y=sparsity, line_dash="dash", line_color="black")
-        replace_figure(self.layers, bars)
+        self.slots["layers"].draw(bars)
         panels = {method_label(m): self.point(m, s).categories for m in s["methods"]}
         picture = mask_figure(
             panels,
@@ -494,7 +529,7 @@ class PruningComparer:
             title=self._masks_title(s),
             panel_size=260,
         )
-        replace_figure(self.masks, picture)
+        self.slots["masks"].draw(picture)
 
     def _allocation(self, s: dict) -> pd.DataFrame:
         rows = []
@@ -561,8 +596,7 @@ class PruningComparer:
             notes.append("Both overlap methods are the same: the overlap is 1 in every layer.")
         table = mask_overlap(self.point(a, s).masks, self.point(b, s).masks)
         self.overlap_table = table
-        replace_figure(
-            self.overlap,
+        self.slots["overlap"].draw(
             mask_overlap_bars(
                 table,
                 labels=(method_label(a), method_label(b)),
@@ -616,4 +650,10 @@ def _readable(err: Exception) -> str:
     )
 
 
-__all__ = ["ImpossibleCombination", "PrunedPoint", "PruningComparer", "effective_update"]
+__all__ = [
+    "FigureSlot",
+    "ImpossibleCombination",
+    "PrunedPoint",
+    "PruningComparer",
+    "effective_update",
+]

@@ -36,7 +36,7 @@ from wfexplore.pruning import (
     layer_sensitivity,
 )
 from wfexplore.pruning.estimation import take_examples
-from wfexplore.widgets.pruning_comparer import ImpossibleCombination, _readable, replace_figure
+from wfexplore.widgets.pruning_comparer import FigureSlot, ImpossibleCombination, _readable
 
 DEFAULT_METHODS = ("magnitude", "obd", "woodfisher")
 DEFAULT_SPARSITIES = (0.1, 0.3, 0.5, 0.7, 0.9)
@@ -132,12 +132,14 @@ class LayerSensitivityExplorer:
         self.progress_box.layout.display = "none"
         self.table = widgets.HTML("")
         self.table.add_class("wfx-sensitivity-table")
-        self.saliency = go.FigureWidget(layout={"height": 400, "title": "Saliencies"})
-        self.saliency.add_class("wfx-sensitivity-saliency")
-        self.scatter = go.FigureWidget(
-            layout={"height": 420, "title": "Predicted against actual δL"}
-        )
-        self.scatter.add_class("wfx-sensitivity-scatter")
+        self.slots = {
+            "saliency": FigureSlot(
+                "wfx-sensitivity-saliency", {"height": 400, "title": "Saliencies"}
+            ),
+            "scatter": FigureSlot(
+                "wfx-sensitivity-scatter", {"height": 420, "title": "Predicted against actual δL"}
+            ),
+        }
 
         intro = widgets.HTML(
             "<b>Per-layer sensitivity.</b> Left: the saliency ρ = w²/(2[C⁻¹]_qq) of every "
@@ -152,7 +154,10 @@ class LayerSensitivityExplorer:
                 widgets.HBox([self.layer, self.methods, self.log_scale]),
                 self.message,
                 self.progress_box,
-                widgets.HBox([self.saliency, self.scatter], layout={"flex_flow": "row wrap"}),
+                widgets.HBox(
+                    [self.slots["saliency"].box, self.slots["scatter"].box],
+                    layout={"flex_flow": "row wrap"},
+                ),
                 self.table,
             ]
         )
@@ -161,6 +166,16 @@ class LayerSensitivityExplorer:
             control.observe(self._on_change, names="value")
         if compute:
             self.update()
+
+    @property
+    def saliency(self) -> go.FigureWidget:
+        """Violins of the saliencies of the picked layer(s), one per method."""
+        return self.slots["saliency"].figure
+
+    @property
+    def scatter(self) -> go.FigureWidget:
+        """Predicted against actual loss increase of the picked layer(s), with y = x."""
+        return self.slots["scatter"].figure
 
     @property
     def controls(self) -> dict[str, widgets.ValueWidget]:
@@ -283,7 +298,7 @@ class LayerSensitivityExplorer:
             log=s["log_scale"],
             title=f"Saliencies of {s['layer']}",
         )
-        replace_figure(self.saliency, violins)
+        self.slots["saliency"].draw(violins)
         rows = self.layer_rows(s)
         if s["methods"] and set(s["methods"]) <= set(_NO_PREDICTION):
             notes.append(
@@ -304,7 +319,7 @@ class LayerSensitivityExplorer:
             )
         else:
             scatter = go.Figure(layout={"title": "No loss prediction to draw", "height": 420})
-        replace_figure(self.scatter, scatter)
+        self.slots["scatter"].draw(scatter)
         self.table.value = self._table_html(rows)
         return notes
 
