@@ -5,8 +5,11 @@ cost of the exact group update against the summed one.
 
 Cold: one ``prune_model`` call per (method, sparsity), each estimating its own curvature.
 Reused: ``sweep``, which estimates gradients / factors / curvature once per setting and
-reuses them at every sparsity. Both produce the same rows (checked). The last line is
-``sweep_cold_s=<s> sweep_reused_s=<s> group_vs_summed=<x>``.
+reuses them at every sparsity. Both produce the same accuracies (checked). Timings are the
+fastest of ``--repeats`` runs, cold and reused back to back, on ``--threads`` threads (1 by
+default): on a shared machine single runs vary several-fold. The last line is
+``sweep_cold_s=<s> sweep_reused_s=<s> group_vs_summed=<x>`` (all five methods; the ratio for
+WoodFisher with B = 128).
 """
 
 from __future__ import annotations
@@ -41,43 +44,70 @@ METHODS = (
 )
 
 
-def cold(model, train, test, settings_of):
-    times, accuracy = {}, {}
-    for label, method, update in METHODS:
+def cold(model, train, test, settings, update):
+    """8 ``prune_model`` calls, each estimating its own curvature."""
+    accuracy = {}
+    for s in SPARSITIES:
+        result = prune_model(
+            model, settings, s, data=train, eval_data=test, update=update,
+            per_layer_actual=False, progress=False,
+        )  # fmt: skip
+        accuracy[s] = result.summary["accuracy"]
+    return accuracy
+
+
+def reused(model, train, test, common, method, update):
+    """One ``sweep`` call over the 8 sparsities: the curvature is estimated once."""
+    frame = sweep(model, train, methods=(method,), updates=(update,), **common)
+    return dict(zip(frame["sparsity"], frame["accuracy"], strict=True))
+
+
+def fastest(repeats, fn, *args):
+    """(fastest wall time over ``repeats`` runs, result of the last run)."""
+    best = float("inf")
+    for _ in range(repeats):
         start = time.perf_counter()
-        for s in SPARSITIES:
-            result = prune_model(
-                model, settings_of(method), s, data=train, eval_data=test, update=update,
-                per_layer_actual=False, progress=False,
-            )  # fmt: skip
-            accuracy[(label, s)] = result.summary["accuracy"]
-        times[label] = time.perf_counter() - start
-    return times, accuracy
+        out = fn(*args)
+        best = min(best, time.perf_counter() - start)
+    return best, out
 
 
-def reused(model, train, test, args):
-    """Per method: one ``sweep`` call over the 8 sparsities; total: the 5 methods in the fewest
-    calls (magnitude, OBD and both WoodFisher updates share one set of gradient samples)."""
+def sweep_comparison(model, train, test, args):
+    """Per method, cold and reused timed back to back (fastest of ``--repeats``), then all
+    five methods in the fewest sweep calls (magnitude, OBD and both WoodFisher updates
+    share one set of gradient samples; K-FAC has its own factors)."""
     common = {
         "sparsities": SPARSITIES, "dampings": (args.damping,), "num_samples": (args.num_samples,),
         "block_sizes": (args.block_size,), "eval_data": test, "cache": False, "progress": False,
     }  # fmt: skip
-    times, accuracy = {}, {}
+    rows, same = {}, True
     for label, method, update in METHODS:
-        start = time.perf_counter()
-        frame = sweep(model, train, methods=(method,), updates=(update,), **common)
-        times[label] = time.perf_counter() - start
-        for row in frame.to_dict("records"):
-            accuracy[(label, row["sparsity"])] = row["accuracy"]
-    start = time.perf_counter()
-    sweep(model, train, methods=("magnitude", "obd", "woodfisher"), updates=("summed", "group"),
-          **common)  # fmt: skip
-    sweep(model, train, methods=("kfac",), updates=("summed",), **common)
-    together = time.perf_counter() - start
-    return times, accuracy, together
+        settings = PruningSettings(method, args.damping, args.num_samples, args.block_size)
+        cold_s, cold_acc = fastest(args.repeats, cold, model, train, test, settings, update)
+        reused_s, reused_acc = fastest(
+            args.repeats, reused, model, train, test, common, method, update
+        )
+        same &= all(abs(cold_acc[s] - reused_acc[s]) < 1e-12 for s in SPARSITIES)
+        rows[label] = {"cold_s": cold_s, "reused_s": reused_s}
+
+    def together():
+        sweep(model, train, methods=("magnitude", "obd", "woodfisher"),
+              updates=("summed", "group"), **common)  # fmt: skip
+        sweep(model, train, methods=("kfac",), updates=("summed",), **common)
+
+    together_s, _ = fastest(args.repeats, together)
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.loc["total (5 separate calls)"] = table.sum()
+    table.loc["total (2 sweep calls)"] = [
+        table.loc["total (5 separate calls)", "cold_s"],
+        together_s,
+    ]
+    table["speedup"] = table["cold_s"] / table["reused_s"]
+    return table, same
 
 
-def group_vs_summed(model, train, args, repeats=3):
+def group_vs_summed(model, train, args, repeats=7):
+    """One update of each kind at 90 % global sparsity, the curvature given."""
     examples = take_examples(train, args.num_samples)
     rows = []
     lam, m = args.damping, args.num_samples
@@ -95,10 +125,12 @@ def group_vs_summed(model, train, args, repeats=3):
         row = {"curvature": label}
         for update in ("summed", "group"):
             update_weights(w, pruned, curvature, update, inverse_diag=inverse_diag)  # warm-up
-            start = time.perf_counter()
-            for _ in range(repeats):
+            best = float("inf")
+            for _ in range(repeats):  # the fastest run: least disturbed by other processes
+                start = time.perf_counter()
                 change = update_weights(w, pruned, curvature, update, inverse_diag=inverse_diag)
-            row[f"{update}_ms"] = 1e3 * (time.perf_counter() - start) / repeats
+                best = min(best, time.perf_counter() - start)
+            row[f"{update}_ms"] = 1e3 * best
             row[f"{update}_predicted_dL"] = change.predicted_delta_loss
         row["group_vs_summed"] = row["group_ms"] / row["summed_ms"]
         rows.append(row)
@@ -110,45 +142,38 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, default=512)
     parser.add_argument("--damping", type=float, default=1e-5)
     parser.add_argument("--block-size", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=2, help="timings: fastest of this many")
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="torch threads (1 by default: these tiny models gain nothing from more, and "
+        "single-threaded timings suffer least from other processes)",
+    )  # fmt: skip
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     pd.set_option("display.width", 200)
     train, test = digits_loaders(batch_size=64, seed=0)
     model = pretrained_digits_model("cnn", progress=False)
     # a fixed list of examples, so every call sees the same data (the loader reshuffles)
     train = take_examples(train, args.num_samples)
 
-    def settings_of(method):
-        return PruningSettings(method, args.damping, args.num_samples, args.block_size)
-
     print(
         f"digits CNN, {len(METHODS)} methods × {len(SPARSITIES)} sparsities, global scope, "
         f"λ={args.damping:g}, m={args.num_samples}, B={args.block_size}, "
-        f"{torch.get_num_threads()} threads"
+        f"{torch.get_num_threads()} thread(s), fastest of {args.repeats}"
     )
-    cold_times, cold_acc = cold(model, train, test, settings_of)
-    reused_times, reused_acc, together = reused(model, train, test, args)
-    same = all(abs(cold_acc[k] - reused_acc[k]) < 1e-12 for k in cold_acc)
-    table = pd.DataFrame(
-        {
-            "cold_s": cold_times,
-            "reused_s": reused_times,
-        }
-    )
-    table["speedup"] = table["cold_s"] / table["reused_s"]
-    table.loc["total"] = [table["cold_s"].sum(), table["reused_s"].sum(),
-                          table["cold_s"].sum() / table["reused_s"].sum()]  # fmt: skip
-    table.loc["all five in 2 sweep calls"] = [table.loc["total", "cold_s"], together,
-                                              table.loc["total", "cold_s"] / together]  # fmt: skip
+    prune_model(model, "magnitude", 0.5, eval_data=test, progress=False)  # warm-up
+    table, same = sweep_comparison(model, train, test, args)
     print(table.round(3).to_string())
     print(f"cold and reused sweeps give the same accuracies: {same}")
     print()
-    print("one update at 90 % global sparsity (curvature given), mean of 3:")
+    print("one update at 90 % global sparsity (curvature given), fastest of 7:")
     updates = group_vs_summed(model, train, args)
     print(updates.round(4).to_string(index=False))
     ratio = float(updates["group_vs_summed"].iloc[0])
+    total = table.loc["total (2 sweep calls)"]
     print(
-        f"sweep_cold_s={table.loc['total', 'cold_s']:.2f} "
-        f"sweep_reused_s={together:.2f} group_vs_summed={ratio:.2f}"
+        f"sweep_cold_s={total['cold_s']:.2f} sweep_reused_s={total['reused_s']:.2f} "
+        f"group_vs_summed={ratio:.2f}"
     )
 
 

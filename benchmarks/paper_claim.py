@@ -5,8 +5,9 @@
 For the digits MLP and CNN (``pretrained_digits_model``): magnitude, OBD, WoodFisher (summed
 and group update), K-FAC (summed and group update), at global and layerwise scope, one-shot
 (k = 1) and with k recomputation steps (global scope). λ is swept over 1e-1 … 1e-7 and
-chosen per (model, method, update, scope) by the mean *training* loss over the sparsity
-grid, so the test accuracies reported are not tuned on the test set. Results are cached
+chosen per (model, method, update, scope, sparsity) by the *training* loss after pruning
+(k = 1; the same λ is used for k steps), so the test accuracies are not tuned on the test
+set. Results are cached
 on disk by ``sweep``; a rerun is quick. Prints markdown tables (and writes them to --out).
 """
 
@@ -51,31 +52,29 @@ def claim_frame(kind: str, args) -> tuple[pd.DataFrame, dict]:
         model, examples, scopes=("global", "layerwise"), updates=("summed", "group"),
         dampings=DAMPINGS, steps=(1,), **common,
     )  # fmt: skip
-    chosen = {}
-    for (method, update, scope), rows in one_shot.groupby(
-        ["method", "update", "scope"], dropna=False
+    chosen = {}  # (method, update, scope, sparsity) -> λ with the lowest training loss
+    for (method, update, scope, sparsity), rows in one_shot.groupby(
+        ["method", "update", "scope", "sparsity"], dropna=False
     ):
-        if method == "magnitude":
-            chosen[(method, update, scope)] = None
-            continue
-        mean_train_loss = rows.groupby("damping")["train_loss"].mean()
-        chosen[(method, update, scope)] = float(mean_train_loss.idxmin())
+        best = None if method == "magnitude" else rows.loc[rows["train_loss"].idxmin(), "damping"]
+        chosen[(method, update, scope, sparsity)] = None if best is None else float(best)
     frames = [_at_chosen(one_shot, chosen)]
-    if args.steps > 1:
+    if args.steps > 1:  # k steps, global scope, at the λ chosen for one-shot at that sparsity
         for _, method, update in VARIANTS:
-            lam = chosen[(method, update, "global")]
-            frames.append(
-                sweep(
-                    model,
-                    examples,
-                    methods=(method,),
-                    updates=(update,),
-                    scopes=("global",),
-                    dampings=(lam or 1e-5,),
-                    steps=(args.steps,),
-                    **common,
-                )  # fmt: skip
-            )
+            for sparsity in SPARSITIES:
+                lam = chosen[(method, update, "global", sparsity)]
+                frames.append(
+                    sweep(
+                        model,
+                        examples,
+                        methods=(method,),
+                        updates=(update,),
+                        scopes=("global",),
+                        dampings=(lam or 1e-5,),
+                        steps=(args.steps,),
+                        **{**common, "sparsities": (sparsity,)},
+                    )  # fmt: skip
+                )
     frame = pd.concat(frames, ignore_index=True)
     frame.insert(0, "model", kind)
     return frame, chosen
@@ -84,7 +83,7 @@ def claim_frame(kind: str, args) -> tuple[pd.DataFrame, dict]:
 def _at_chosen(frame: pd.DataFrame, chosen: dict) -> pd.DataFrame:
     keep = []
     for row in frame.itertuples():
-        lam = chosen[(row.method, row.update, row.scope)]
+        lam = chosen[(row.method, row.update, row.scope, row.sparsity)]
         keep.append(lam is None or row.damping == lam)
     return frame[keep]
 
@@ -94,27 +93,26 @@ def label_of(method: str, update: str, steps: int) -> str:
     return base if steps == 1 else f"{base}, k={steps}"
 
 
-def tables(frame: pd.DataFrame, chosen: dict) -> str:
+def tables(frame: pd.DataFrame) -> str:
+    """Per (model, scope): test accuracy (%) with the λ used, rows in a fixed order."""
     out = []
     for (kind, scope), rows in frame.groupby(["model", "scope"], sort=False):
         dense = rows["dense_test_accuracy"].iloc[0]
-        pivot = rows.assign(
-            method_label=[
-                label_of(m, u, k)
-                for m, u, k in zip(rows["method"], rows["update"], rows["steps"], strict=True)
-            ],
-            acc=rows["test_accuracy"] * 100,
-        ).pivot_table(index="method_label", columns="sparsity", values="acc", sort=False)
-        lams = []
-        for label in pivot.index:
-            method, update = next((m, u) for lab, m, u in VARIANTS if label.startswith(lab))
-            lam = chosen[(kind, method, update, scope if "k=" not in label else "global")]
-            lams.append("—" if lam is None else f"{lam:.0e}")
-        pivot.insert(0, "λ", lams)
-        pivot.columns = ["λ"] + [f"{c:.0%}" for c in pivot.columns[1:]]
+        order = [label_of(m, u, k) for k in sorted(set(rows["steps"])) for _, m, u in VARIANTS]
+        cells: dict[str, dict[str, str]] = {}
+        for row in rows.to_dict("records"):
+            label = label_of(row["method"], row["update"], row["steps"])
+            lam = row["damping"]
+            text = f"{100 * row['test_accuracy']:.1f}"
+            if lam == lam and lam is not None:  # not NaN: show the λ used
+                text += f" ({lam:.0e})".replace("e-0", "e-")
+            cells.setdefault(label, {})[f"{row['sparsity']:.0%}"] = text
+        table = pd.DataFrame.from_dict(cells, orient="index")
+        table = table.loc[[o for o in order if o in table.index]]
+        table = table[[f"{s:.0%}" for s in SPARSITIES]]
         out.append(
-            f"**digits {kind.upper()}, {scope} scope** — test accuracy (%), dense "
-            f"{dense * 100:.1f} %\n\n" + markdown(pivot.round(1)) + "\n"
+            f"**digits {kind.upper()}, {scope} scope** — test accuracy (%) and (λ); dense "
+            f"{dense * 100:.1f} %\n\n" + markdown(table) + "\n"
         )
     return "\n".join(out)
 
@@ -136,19 +134,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--out", default=None)
     parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (tiny models)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    frames, chosen = [], {}
-    for kind in ("mlp", "cnn"):
-        frame, picked = claim_frame(kind, args)
-        frames.append(frame)
-        chosen.update({(kind, *k): v for k, v in picked.items()})
-    frame = pd.concat(frames, ignore_index=True)
+    frame = pd.concat([claim_frame(kind, args)[0] for kind in ("mlp", "cnn")], ignore_index=True)
     text = (
         f"m = {args.num_samples} per-example gradients (empirical Fisher), WoodFisher blocks of "
-        f"B = {args.block_size}, λ chosen per method by the mean training loss over the "
-        f"sparsities, {torch.get_num_threads()} CPU threads, "
-        f"{time.perf_counter() - start:.0f} s\n\n" + tables(frame, chosen)
+        f"B = {args.block_size}; λ ∈ {{1e-1, …, 1e-7}} chosen per (method, update, scope, "
+        f"sparsity) by the training loss after pruning, and reused for k = {args.steps}; "
+        f"{torch.get_num_threads()} CPU threads, "
+        f"{time.perf_counter() - start:.0f} s\n\n" + tables(frame)
     )
     print(text)
     if args.out:
