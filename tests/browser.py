@@ -14,6 +14,7 @@ import signal
 import subprocess
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -158,9 +159,9 @@ gd => {
 def figure_data(figure: Locator) -> list[dict]:
     """The data plotly is drawing in ``figure`` (a ``.js-plotly-plot`` element or a container of
     exactly one): per trace its type, name and x, y, z as plain lists."""
-    if not figure.evaluate("el => el.classList.contains('js-plotly-plot')"):
+    if not figure.evaluate("el => el.classList.contains('js-plotly-plot')", timeout=10_000):
         figure = figure.locator(".js-plotly-plot")
-    return figure.evaluate(_FIGURE_DATA_JS)
+    return figure.evaluate(_FIGURE_DATA_JS, timeout=10_000)
 
 
 def wait_for_figure_change(
@@ -177,16 +178,29 @@ def wait_for_figure_change(
     return now
 
 
-def wait_for_figure(figure: Locator, timeout_s: float = 120.0) -> list[dict]:
-    """Wait until plotly has drawn at least one trace in ``figure``; return the data."""
+def wait_for_figure(figure: Locator, timeout_s: float = TIMEOUT_MS / 1000) -> list[dict]:
+    """Scroll ``figure`` into view, wait until plotly has drawn at least one trace in it;
+    return the data."""
     deadline = time.monotonic() + timeout_s
+    figure.first.wait_for(state="attached", timeout=timeout_s * 1000)
+    with suppress(Exception):
+        figure.scroll_into_view_if_needed(timeout=10_000)
+    problem: Exception | str = "no trace"
     while True:
-        with suppress(Exception):
+        try:
             data = figure_data(figure)
             if data:
                 return data
+            problem = "no trace"
+        except Exception as error:  # not drawn yet: no .js-plotly-plot inside
+            problem = error
         if time.monotonic() > deadline:
-            raise AssertionError(f"no plotly figure drawn within {timeout_s} s")
+            html = ""
+            with suppress(Exception):
+                html = figure.first.evaluate("e => e.outerHTML.slice(0, 2000)", timeout=5_000)
+            raise AssertionError(
+                f"no plotly figure drawn within {timeout_s:.0f} s ({problem}); element: {html}"
+            )
         time.sleep(0.3)
 
 
@@ -426,7 +440,10 @@ def voila_server(
         d.mkdir(parents=True, exist_ok=True)
     command = teach_command(port=free_port(), notebook=notebook)
     server = start_server(
-        command, workdir / "voila.log", {**{k: str(v) for k, v in dirs.items()}, **(env or {})}
+        command,
+        workdir / "voila.log",
+        {**{k: str(v) for k, v in dirs.items()}, **(env or {})},
+        ready_path="/login",  # answers without rendering the notebook (no kernel started)
     )
     try:
         yield server
@@ -443,9 +460,11 @@ def kernel_idle(page: Page) -> Locator:
 
 
 def open_notebook(page: Page, server: ServerProcess, name: str) -> Locator:
-    """Open ``name`` in JupyterLab and wait for its kernel to be idle; return the notebook."""
-    page.goto(f"{server.base}/lab/tree/{name}?token={server.command.token}")
-    notebook = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook").first
+    """Open ``name`` alone in a fresh JupyterLab workspace (no tabs restored from another page)
+    and wait for its kernel to be idle; return the notebook."""
+    workspace = f"test-{uuid.uuid4().hex[:12]}"
+    page.goto(f"{server.base}/lab/workspaces/{workspace}/tree/{name}?token={server.command.token}")
+    notebook = page.locator(".jp-NotebookPanel .jp-Notebook").filter(visible=True).first
     notebook.wait_for(state="visible")
     kernel_idle(page).first.wait_for(state="visible")
     server.remember_children()

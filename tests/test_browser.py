@@ -88,7 +88,7 @@ def _run_notebook(page: Page, lab: ServerProcess, name: str) -> None:
 def test_teacher_notebook_slider_redraws_figure(
     page: Page, lab: ServerProcess, tmp_path: Path
 ) -> None:
-    with explain_failure(page, lab, tmp_path / "failure.png"):
+    with explain_failure(page, lab, tmp_path / "lab_teacher_failure.png"):
         _run_notebook(page, lab, TEACHER_NOTEBOOK)
         dashboard = page.locator(".wfx-teacher").first
         figure = dashboard.locator(".wfx-teacher-figure")
@@ -106,7 +106,7 @@ def test_teacher_notebook_slider_redraws_figure(
 def test_fisher_explorer_notebook_damping_slider_redraws_heatmaps(
     page: Page, lab: ServerProcess, tmp_path: Path
 ) -> None:
-    with explain_failure(page, lab, tmp_path / "failure.png"):
+    with explain_failure(page, lab, tmp_path / "lab_fisher_explorer_failure.png"):
         _run_notebook(page, lab, FISHER_NOTEBOOK)
         dashboard = page.locator(".wfx-fisher").first
         figure = dashboard.locator(".wfx-fisher-heatmap")
@@ -128,7 +128,7 @@ def test_teach_page_in_voila(
 ) -> None:
     assert (notebooks_dir() / "teach.ipynb").is_file(), "notebooks/teach.ipynb is missing"
     with voila_server(tmp_path / "voila", env=kernel_env) as server:
-        with explain_failure(page, server, tmp_path / "failure.png"):
+        with explain_failure(page, server, tmp_path / "voila_teacher_failure.png"):
             assert listening_addresses(server.process.pid) <= {"127.0.0.1"}
             assert "/login" in _final_url(f"{server.base}/"), "served without the token"
             page.goto(server.url)
