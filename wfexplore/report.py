@@ -189,10 +189,8 @@ def compare_pruning(
             sparsity,
             scope=scope,
             update=method_update,
-            eval_data=eval_data,
-            per_layer_actual=False,
             progress=False,
-        )
+        )  # accuracy and loss are the sweep's; this run is for masks and per-layer counts
         if method in sensitivity_methods:
             table = layer_sensitivity(
                 model,
