@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -141,3 +143,37 @@ def test_the_wheel_ships_every_notebook(tmp_path: Path) -> None:
     expected = {f"wfexplore/notebooks/{p.name}" for p in (REPO / "notebooks").glob("*.ipynb")}
     assert shipped == expected
     assert teacher == (REPO / "notebooks" / servers.TEACHER).read_bytes()
+
+
+_SERVE_A_SLEEPER = """
+import sys
+import time
+from pathlib import Path
+from wfexplore.servers import ServerCommand, _serve, free_port
+sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]
+port = free_port()
+sys.exit(_serve(ServerCommand(sleeper, {}, "http://x", port, "t", Path.cwd()), False, "x"))
+"""
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_the_server_stops_when_the_command_is_killed(signame: str) -> None:
+    import signal
+
+    import psutil
+
+    parent = subprocess.Popen([sys.executable, "-c", _SERVE_A_SLEEPER], cwd=REPO)
+    children: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 60
+        while not (children := psutil.Process(parent.pid).children()):
+            assert time.monotonic() < deadline, "the server never started"
+            time.sleep(0.1)
+        parent.send_signal(getattr(signal, signame))
+        parent.wait(timeout=60)
+        _, alive = psutil.wait_procs(children, timeout=60)
+        assert not alive, "the server outlived the command"
+    finally:
+        for p in [psutil.Process(parent.pid)] * (parent.poll() is None) + children:
+            with contextlib.suppress(psutil.Error):
+                p.kill()

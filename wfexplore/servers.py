@@ -6,13 +6,14 @@ import filecmp
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
 import webbrowser
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -195,6 +196,7 @@ def _serve(command: ServerCommand, open_browser: bool, what: str) -> int:
                 webbrowser.open(command.url)
 
     threading.Thread(target=announce, daemon=True).start()
+    restore = _stop_on_signals()
     try:
         return process.wait()
     except KeyboardInterrupt:
@@ -204,6 +206,27 @@ def _serve(command: ServerCommand, open_browser: bool, what: str) -> int:
         except subprocess.TimeoutExpired:
             process.kill()
             return process.wait()
+    finally:
+        restore()
+
+
+def _stop_on_signals() -> Callable[[], None]:
+    """Turn SIGTERM and SIGHUP into KeyboardInterrupt, so that the server is stopped with us
+    (and not left running) when this process is killed or its terminal closes."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    names = ("SIGTERM", "SIGHUP")
+    previous = {sig: signal.signal(sig, stop) for n in names if (sig := getattr(signal, n, None))}
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    return restore
 
 
 def run_lab(
