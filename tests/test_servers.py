@@ -174,6 +174,8 @@ def test_the_server_stops_when_the_command_is_killed(signame: str) -> None:
         _, alive = psutil.wait_procs(children, timeout=60)
         assert not alive, "the server outlived the command"
     finally:
-        for p in [psutil.Process(parent.pid)] * (parent.poll() is None) + children:
+        if parent.poll() is None:
+            parent.kill()
+        for p in children:
             with contextlib.suppress(psutil.Error):
                 p.kill()
