@@ -52,3 +52,10 @@ def test_demo_command_prints_the_layer_table(tmp_path, monkeypatch, capsys):
     assert text.count('class="plotly-graph-div"') >= 8
     for heading in ("Fisher versus Hessian", "Pruning comparison", "Masks", "Per-layer sparsity"):
         assert heading in text
+
+
+def test_cli_model_choices_are_the_trainable_digits_models():
+    from wfexplore.cli import DIGITS_KINDS as CLI_KINDS
+    from wfexplore.training import DIGITS_KINDS
+
+    assert CLI_KINDS == DIGITS_KINDS

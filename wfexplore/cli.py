@@ -7,14 +7,9 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
-from torch.utils.data import DataLoader
-
 from wfexplore import servers
-from wfexplore.analysis import compare_fisher_and_hessian
-from wfexplore.data import digits_loaders
-from wfexplore.training import DIGITS_KINDS, evaluate, pretrained_digits_model
 
+DIGITS_KINDS = ("mlp", "cnn")  # wfexplore.training.DIGITS_KINDS, without importing torch
 DEFAULT_REPORT = "wfexplore-report.html"
 
 
@@ -82,6 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def demo(args: argparse.Namespace) -> int:
+    import pandas as pd
+    from torch.utils.data import DataLoader
+
+    from wfexplore.analysis import compare_fisher_and_hessian
+    from wfexplore.data import digits_loaders
+    from wfexplore.report import compare_pruning, model_table, write_report
+    from wfexplore.training import evaluate, pretrained_digits_model
+
     start = time.perf_counter()
     model = pretrained_digits_model(args.model, retrain=args.retrain)
     train, test = digits_loaders(batch_size=256)
@@ -103,8 +106,6 @@ def demo(args: argparse.Namespace) -> int:
     )
     with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 200):
         print(result.layers.to_string(index=False))
-
-    from wfexplore.report import compare_pruning, model_table, write_report
 
     ordered = DataLoader(train.dataset, batch_size=256)  # fixed order: the sweep cache keys on it
     pruning = compare_pruning(
