@@ -64,13 +64,7 @@ def iter_gradient_chunks(
     positive_int(num_samples, "num_samples", "e.g. num_samples=256")
     positive_int(batch_size, "batch_size", "use 1 for per-example gradients")
     one_of(fisher, "fisher", FISHER_KINDS)
-    needed = num_samples * batch_size
-    available = _dataset_length(data)
-    if available is not None and available < needed:
-        raise ValueError(
-            f"num_samples={num_samples} with batch_size={batch_size} needs {needed} examples, "
-            f"but data holds {available}; lower num_samples or batch_size"
-        )
+    _check_enough_data(data, num_samples, batch_size)
     work = copy.deepcopy(model).eval()
     if device is not None:
         work = work.to(device)
@@ -84,7 +78,7 @@ def iter_gradient_chunks(
     generator = torch.Generator(device=device).manual_seed(seed)
     bar = tqdm(total=num_samples, desc="gradient samples", unit="g", disable=not progress)
     try:
-        for x, y in _regroup(data, chunk_size * batch_size, needed):
+        for x, y in iter_example_chunks(data, num_samples, batch_size, chunk_size):
             x, y = x.to(device), y.to(device)
             if fisher == "true":
                 y = _sample_labels(work, x, generator)
@@ -95,13 +89,41 @@ def iter_gradient_chunks(
             _check_finite(chunk, layout)
             bar.update(n)
             yield chunk
+    finally:
+        bar.close()
+
+
+def iter_example_chunks(
+    data: Iterable, num_samples: int, batch_size: int, chunk_size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(x, y)`` chunks of ``chunk_size · batch_size`` examples, ``num_samples · batch_size``
+    in all, taken in order from ``data``; too little data is refused with a named error."""
+    positive_int(num_samples, "num_samples", "e.g. num_samples=256")
+    positive_int(batch_size, "batch_size", "use 1 for per-example gradients")
+    positive_int(chunk_size, "chunk_size", "e.g. chunk_size=64")
+    _check_enough_data(data, num_samples, batch_size)
+    return _chunks_or_error(data, num_samples, batch_size, chunk_size)
+
+
+def _chunks_or_error(data, num_samples: int, batch_size: int, chunk_size: int):
+    needed = num_samples * batch_size
+    try:
+        yield from _regroup(data, chunk_size * batch_size, needed)
     except _ShortData as short:
         raise ValueError(
             f"num_samples={num_samples} with batch_size={batch_size} needs {needed} examples, "
             f"but data gave only {short.seen}; lower num_samples or batch_size"
         ) from None
-    finally:
-        bar.close()
+
+
+def _check_enough_data(data: Iterable, num_samples: int, batch_size: int) -> None:
+    needed = num_samples * batch_size
+    available = _dataset_length(data)
+    if available is not None and available < needed:
+        raise ValueError(
+            f"num_samples={num_samples} with batch_size={batch_size} needs {needed} examples, "
+            f"but data holds {available}; lower num_samples or batch_size"
+        )
 
 
 class _GradientComputer:

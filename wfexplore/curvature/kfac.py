@@ -38,13 +38,7 @@ from tqdm.auto import tqdm
 
 from wfexplore._checks import one_of, positive_int
 from wfexplore.curvature.base import Curvature, resolve_damping
-from wfexplore.gradients import (
-    FISHER_KINDS,
-    LossFn,
-    _dataset_length,
-    _regroup,
-    _ShortData,
-)
+from wfexplore.gradients import FISHER_KINDS, LossFn, iter_example_chunks
 from wfexplore.params import ParameterLayout
 
 DISPLAY_BLOCK_LIMIT = 8192
@@ -312,13 +306,7 @@ def kronecker_factors(
     positive_int(batch_size, "batch_size", "use 1 for per-example gradients")
     positive_int(chunk_size, "chunk_size", "e.g. chunk_size=256")
     one_of(fisher, "fisher", FISHER_KINDS)
-    needed = num_samples * batch_size
-    available = _dataset_length(data)
-    if available is not None and available < needed:
-        raise ValueError(
-            f"num_samples={num_samples} with batch_size={batch_size} needs {needed} examples, "
-            f"but data holds {available}; lower num_samples or batch_size"
-        )
+    chunks = iter_example_chunks(data, num_samples, batch_size, max(1, chunk_size // batch_size))
     work = copy.deepcopy(model).eval()
     for p in work.parameters():
         p.requires_grad_(True)
@@ -337,11 +325,10 @@ def kronecker_factors(
         return catch
 
     handles = [m.register_forward_hook(hook(name)) for name, m in modules.items()]
-    chunk = max(batch_size, (chunk_size // batch_size) * batch_size)
     bar = tqdm(total=num_samples, desc="K-FAC factors", unit="g", disable=not progress)
     seen = 0
     try:
-        for x, y in _regroup(data, chunk, needed):
+        for x, y in chunks:
             x, y = x.to(device), y.to(device)
             caught.clear()
             out = work(x)
@@ -373,11 +360,6 @@ def kronecker_factors(
                     sums_A[name], sums_S[name] = a_sum, s_sum
             seen += groups
             bar.update(groups)
-    except _ShortData as short:
-        raise ValueError(
-            f"num_samples={num_samples} with batch_size={batch_size} needs {needed} examples, "
-            f"but data gave only {short.seen}; lower num_samples or batch_size"
-        ) from None
     finally:
         bar.close()
         for h in handles:
