@@ -62,8 +62,8 @@ class FisherHessianCache:
     ``hessian(layer, block_size)`` runs :func:`~wfexplore.curvature.hessian_blocks` on the
     layout ``ParameterLayout.from_model(model, names=[layer], block_size=B)``, over the
     first ``hessian_examples`` examples (default: all), with B the largest multiple of
-    ``block_size`` up to :data:`HESSIAN_BATCH` (fewer, larger batches of Hessian-vector
-    products), and cuts the requested blocks from it; any finer block size whose blocks lie
+    ``block_size`` up to :data:`HESSIAN_BATCH` (the same Hessian-vector products, one per
+    weight), and cuts the requested blocks from it; any finer block size whose blocks lie
     inside blocks already computed is cut without new work.
     ``gradients(layer, batch_size, fisher)`` holds ``available_samples(batch_size)`` gradient
     samples (at most ``max_samples``); ``fisher(...)`` uses the first m of them.
@@ -136,8 +136,8 @@ class FisherHessianCache:
         """Exact Hessian blocks of ``layer`` (+ ``damping``·I), computed once per block size."""
         key = (layer, block_size)
         if key not in self._hessians and not self._cut_hessian(layer, block_size):
-            # Hessian-vector products are taken in one batch per block: compute blocks of a
-            # multiple of block_size (up to HESSIAN_BATCH columns) and cut the small blocks.
+            # A coarser block costs the same Hessian-vector products (one per weight) and
+            # lets every finer block size inside it be cut later without new work.
             coarse = block_size * max(1, HESSIAN_BATCH // block_size)
             coarse = min(coarse, self.layer_size(layer))
             self._hessians[(layer, coarse)] = hessian_blocks(
