@@ -161,3 +161,30 @@ def test_bad_grids_are_named(mlp, mlp_loader):
         sweep(mlp, empty, methods=("obd",), **kwargs)
     with pytest.raises(ValueError, match="eval_data: the loader yielded no examples"):
         sweep(mlp, None, methods=("magnitude",), eval_data=empty, **kwargs)
+
+
+def test_kept_masks_equal_prune_model_and_come_back_from_the_cache(mlp, mlp_loader, tmp_path):
+    small = {
+        "methods": ("magnitude", "woodfisher"),
+        "sparsities": (0.5,),
+        "dampings": (1e-3,),
+        "num_samples": (16,),
+        "block_sizes": (4,),
+    }
+    first = sweep(mlp, mlp_loader, cache=tmp_path, keep_masks=True, progress=False, **small)
+    again = sweep(mlp, mlp_loader, cache=tmp_path, keep_masks=True, progress=False, **small)
+    assert again["cached"].all() and not first["cached"].any()
+    for method in small["methods"]:
+        settings = PruningSettings(method, damping=1e-3, num_samples=16, block_size=4)
+        direct = prune_model(mlp, settings, 0.5, data=mlp_loader, progress=False)
+        before = dict(mlp.named_parameters())
+        after = dict(direct.model.named_parameters())
+        for frame in (first, again):
+            row = frame[frame["method"] == method].iloc[0]
+            for name, keep in direct.masks.items():
+                assert torch.equal(row["masks"][name], keep)
+                moved = keep & (after[name] != before[name])
+                assert torch.equal(row["moved"][name], moved)
+        assert any(row["moved"][n].any() for n in row["moved"]) == (method == "woodfisher")
+    without = sweep(mlp, mlp_loader, cache=tmp_path, progress=False, **small)
+    assert "masks" not in without.columns

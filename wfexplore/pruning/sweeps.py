@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -85,6 +86,7 @@ def sweep(
     loss_fn: LossFn = F.cross_entropy,
     max_memory_gb: float = DEFAULT_MAX_MEMORY_GB,
     cache: bool | str | Path = True,
+    keep_masks: bool = False,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Prune ``model`` at every point of the grid; one row per point.
@@ -95,7 +97,10 @@ def sweep(
     ``update="none"``: with a diagonal C every update is just zeroing). Inapplicable
     settings are left empty (NaN/None) rather than repeated. ``eval_data`` is a loader or a
     name → loader map (columns ``<name>_loss``…); default ``data``. ``cache``: True for
-    ``cache_dir()/sweeps``, a folder, or False.
+    ``cache_dir()/sweeps``, a folder, or False. With ``keep_masks`` every row also holds
+    what was pruned, so that nothing needs pruning twice: ``masks`` (parameter → keep
+    mask, True = kept) and ``moved`` (parameter → True where a kept weight was changed by
+    the update), both cached beside the row.
 
     The curvature examples are the first m·b of one pass over ``data``: a shuffling
     ``DataLoader`` gives other examples on every call (and so misses the cache); pass a
@@ -169,7 +174,7 @@ def sweep(
                         point,
                         recalibrate_bn,
                     )
-                    row = _read_cached(folder, key)
+                    row = _read_cached(folder, key, keep_masks)
                     if row is not None:
                         rows.append({**row, "cached": True})
                         bar.update(1)
@@ -230,9 +235,10 @@ def sweep(
                     after = evaluate_model(result.model, loader, loss_fn=loss_fn, name="eval_data")
                     row.update(_metrics(name, after, dense[name], len(evals) > 1))
                 row.update(curvature_s=curvature_s, prune_s=prune_s)
+                masks = _pruned_masks(model, result) if keep_masks else {}
                 if folder is not None:
-                    _write_cached(folder, key, row)
-                rows.append({**row, "cached": False})
+                    _write_cached(folder, key, row, masks)
+                rows.append({**row, **masks, "cached": False})
                 bar.update(1)
             store.release(settings, [s for s, _ in plan])
     finally:
@@ -436,22 +442,65 @@ def _cache_folder(cache) -> Path | None:
     return folder
 
 
-def _read_cached(folder: Path, key: str) -> dict | None:
+def _pruned_masks(model: nn.Module, result) -> dict[str, dict[str, torch.Tensor]]:
+    """``masks`` (keep masks) and ``moved`` (kept weights changed by the update) of a point."""
+    before = dict(model.named_parameters())
+    after = dict(result.model.named_parameters())
+    masks = {name: keep.cpu() for name, keep in result.masks.items()}
+    moved = {
+        name: keep & (after[name].detach() != before[name].detach()).cpu()
+        for name, keep in masks.items()
+    }
+    return {"masks": masks, "moved": moved}
+
+
+def _read_cached(folder: Path, key: str, keep_masks: bool = False) -> dict | None:
     path = folder / f"{key}.json"
     if not path.is_file():
         return None
     try:
         stored = json.loads(path.read_text())
-        return stored["row"] if stored.get("key") == key else None
-    except (OSError, ValueError, KeyError):
-        return None  # an unreadable entry is recomputed
+        if stored.get("key") != key:
+            return None
+        row = stored["row"]
+        if keep_masks:
+            if not stored.get("masks"):
+                return None
+            row.update(_read_masks(folder / f"{key}.npz", stored["masks"]))
+        return row
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # an unreadable entry (or one without its masks) is recomputed
 
 
-def _write_cached(folder: Path, key: str, row: dict) -> None:
+def _write_cached(folder: Path, key: str, row: dict, masks: dict | None = None) -> None:
+    shapes = None
+    if masks:
+        shapes = {name: list(keep.shape) for name, keep in masks["masks"].items()}
+        packed = {
+            f"{kind}/{name}": np.packbits(tensor.numpy().reshape(-1))
+            for kind, by_name in masks.items()
+            for name, tensor in by_name.items()
+        }
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{key}.", suffix=".npz.tmp")
+        with os.fdopen(fd, "wb") as f:
+            np.savez_compressed(f, **packed)
+        os.replace(tmp, folder / f"{key}.npz")
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{key}.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
-        json.dump({"key": key, "row": row}, f, default=str)
+        json.dump({"key": key, "row": row, "masks": shapes}, f, default=str)
     os.replace(tmp, folder / f"{key}.json")
+
+
+def _read_masks(path: Path, shapes: dict[str, list[int]]) -> dict[str, dict[str, torch.Tensor]]:
+    """The ``masks`` and ``moved`` maps of a cached point (bits packed by :func:`_write_cached`)."""
+    out: dict[str, dict[str, torch.Tensor]] = {"masks": {}, "moved": {}}
+    with np.load(path, allow_pickle=False) as stored:
+        for kind in out:
+            for name, shape in shapes.items():
+                count = int(np.prod(shape))
+                bits = np.unpackbits(stored[f"{kind}/{name}"], count=count).astype(bool)
+                out[kind][name] = torch.from_numpy(bits).reshape(shape)
+    return out
 
 
 __all__ = ["data_fingerprint", "model_fingerprint", "sweep"]
