@@ -2,21 +2,13 @@ import pytest
 import torch
 
 from tests.conftest import assert_same_state, dense_block_fisher, loop_gradients, model_state
-from wfexplore.curvature import (
-    DenseBlockCurvature,
-    DiagonalCurvature,
-    IdentityCurvature,
-    LowRankCurvature,
-    estimate_fisher,
-    woodbury_fisher,
-)
+from wfexplore.curvature import IdentityCurvature, estimate_curvature, from_gradients
 from wfexplore.params import AnalysedParameter, ParameterLayout
 
 LAM = 1e-3
 BUILDERS = {
-    "dense": lambda g, layout, lam: DenseBlockCurvature.from_gradients(g, layout, lam),
-    "woodbury": lambda g, layout, lam: woodbury_fisher(g, layout, lam),
-    "lowrank": lambda g, layout, lam: LowRankCurvature.from_gradients(g, layout, lam),
+    name: lambda g, layout, lam, name=name: from_gradients(g, layout, name).damped(lam)
+    for name in ("dense", "woodbury", "lowrank")
 }
 
 
@@ -69,14 +61,14 @@ def test_recursion_batched_and_low_rank_agree_to_1e6_relative(gradients):
 def test_diagonal_and_identity_equal_their_dense_matrices(gradients):
     layout = synthetic_layout()
     fisher, _ = dense_block_fisher(gradients, layout, LAM)
-    diagonal = DiagonalCurvature.from_gradients(gradients.split(7), layout, LAM)
+    diagonal = from_gradients(gradients.split(7), layout, "diagonal").damped(LAM)
     torch.testing.assert_close(diagonal.diag(), fisher.diag(), rtol=1e-13, atol=0)
     torch.testing.assert_close(diagonal.inverse_diag(), 1 / fisher.diag(), rtol=1e-13, atol=0)
     torch.testing.assert_close(diagonal.block(1), torch.diag(fisher.diag()[10:20]))
     torch.testing.assert_close(
         diagonal.inverse_columns(1, [2]), torch.diag(1 / fisher.diag()[10:20])[:, [2]]
     )
-    identity = IdentityCurvature(layout)
+    identity = IdentityCurvature(layout).damped(0.0)
     v = torch.randn(layout.dim, dtype=torch.float64)
     assert torch.equal(identity.inverse_mv(v), v)
     assert torch.equal(identity.inverse_block(0), torch.eye(10, dtype=torch.float64))
@@ -84,10 +76,10 @@ def test_diagonal_and_identity_equal_their_dense_matrices(gradients):
 
 def test_streamed_chunks_give_the_same_blocks_as_the_whole_matrix(gradients):
     layout = synthetic_layout()
-    whole = DenseBlockCurvature.from_gradients(gradients, layout, LAM)
-    streamed = DenseBlockCurvature.from_gradients(iter(gradients.split(4)), layout, LAM)
+    whole = from_gradients(gradients, layout, "dense").damped(LAM)
+    streamed = from_gradients(iter(gradients.split(4)), layout, "dense").damped(LAM)
     torch.testing.assert_close(streamed.inverse_diag(), whole.inverse_diag(), rtol=1e-12, atol=0)
-    recursion = woodbury_fisher(iter(gradients.split(4)), layout, LAM, num_samples=30)
+    recursion = from_gradients(iter(gradients.split(4)), layout, "woodbury").damped(LAM)
     torch.testing.assert_close(recursion.inverse_diag(), whole.inverse_diag(), rtol=1e-9, atol=0)
 
 
@@ -117,12 +109,9 @@ def test_inverse_diagonal_stays_accurate_at_condition_number_1e6(method):
 def test_relative_damping_scales_with_the_mean_diagonal(gradients):
     layout = synthetic_layout()
     mean_diag = float((gradients**2).mean())
-    for method in ("dense", "lowrank"):
-        cls = DenseBlockCurvature if method == "dense" else LowRankCurvature
-        curv = cls.from_gradients(gradients, layout, 0.1, relative_damping=True)
+    for method in ("dense", "lowrank", "woodbury", "diagonal"):
+        curv = from_gradients(gradients, layout, method).damped(0.1, relative=True)
         assert curv.damping == pytest.approx(0.1 * mean_diag, rel=1e-12)
-    diag = DiagonalCurvature.from_gradients(gradients, layout, 0.1, relative_damping=True)
-    assert diag.damping == pytest.approx(0.1 * mean_diag, rel=1e-12)
 
 
 @pytest.mark.parametrize("bad", [0.0, -1e-3, float("nan"), float("inf")])
@@ -135,29 +124,30 @@ def test_non_positive_or_non_finite_damping_is_refused(gradients, method, bad):
 def test_dense_blocks_over_the_memory_limit_are_refused_with_the_estimate():
     layout = synthetic_layout(sizes=(5000,), block_size="layer")
     with pytest.raises(MemoryError, match=r"0\.37 GB.*max_memory_gb=0\.1"):
-        DenseBlockCurvature.from_gradients(torch.zeros(2, 5000), layout, 1e-3, max_memory_gb=0.1)
+        from_gradients(torch.zeros(2, 5000), layout, "dense", max_memory_gb=0.1)
 
 
-def test_woodbury_needs_the_sample_count_for_streamed_chunks(gradients):
-    with pytest.raises(ValueError, match="num_samples"):
-        woodbury_fisher(iter(gradients.split(4)), synthetic_layout(), LAM)
-    with pytest.raises(ValueError, match="num_samples=31 but the gradients held 30"):
-        woodbury_fisher(iter(gradients.split(4)), synthetic_layout(), LAM, num_samples=31)
+def test_gradient_chunks_of_the_wrong_width_or_none_at_all_are_refused(gradients):
+    with pytest.raises(ValueError, match="rows of 63 entries"):
+        from_gradients(gradients[:, :10], synthetic_layout(), "woodbury")
+    with pytest.raises(ValueError, match="no gradient samples"):
+        from_gradients(iter([]), synthetic_layout(), "woodbury")
 
 
 @pytest.mark.parametrize("method", ["diagonal", "dense", "woodbury", "lowrank"])
-def test_estimate_fisher_on_a_batchnorm_model_matches_a_backward_loop(bn_cnn, cnn_loader, method):
+def test_estimate_curvature_on_a_batchnorm_model_matches_a_backward_loop(
+    bn_cnn, cnn_loader, method
+):
     bn_cnn.train()
     before = model_state(bn_cnn)
-    curv = estimate_fisher(
+    curv = estimate_curvature(
         bn_cnn,
         cnn_loader,
-        method=method,
+        representation=method,
         block_size=16,
         num_samples=25,
-        damping=LAM,
         progress=False,
-    )
+    ).damped(LAM)
     assert_same_state(before, model_state(bn_cnn))
     g = loop_gradients(bn_cnn, cnn_loader, curv.layout, 25)
     fisher, inverse = dense_block_fisher(g, curv.layout, LAM)
@@ -166,32 +156,28 @@ def test_estimate_fisher_on_a_batchnorm_model_matches_a_backward_loop(bn_cnn, cn
     torch.testing.assert_close(got, expected, rtol=1e-8, atol=0)
 
 
-def test_estimate_fisher_with_a_custom_non_prunable_module(mlp, mlp_loader):
-    curv = estimate_fisher(mlp, mlp_loader, method="dense", num_samples=20, progress=False)
+def test_estimate_curvature_with_a_custom_non_prunable_module(mlp, mlp_loader):
+    curv = estimate_curvature(
+        mlp, mlp_loader, representation="dense", num_samples=20, progress=False
+    ).damped(1e-5)
     assert curv.layout.names == ["0.weight", "3.weight"]
     g = loop_gradients(mlp, mlp_loader, curv.layout, 20)
     _, inverse = dense_block_fisher(g, curv.layout, 1e-5)
     torch.testing.assert_close(curv.inverse_diag(), inverse.diag(), rtol=1e-8, atol=0)
 
 
-def test_estimate_fisher_rejects_unknown_methods(mlp, mlp_loader):
-    with pytest.raises(ValueError, match=r"method must be one of \['identity'"):
-        estimate_fisher(mlp, mlp_loader, method="shampoo", progress=False)
+def test_estimate_curvature_rejects_unknown_representations(mlp, mlp_loader):
+    with pytest.raises(ValueError, match=r"representation must be one of \['identity'"):
+        estimate_curvature(mlp, mlp_loader, representation="shampoo", progress=False)
 
 
 def test_mini_batch_gradients_shrink_the_fisher(mlp, mlp_loader):
     """Mean gradients of b examples scale F by ≈ 1/b: λ has to be re-tuned with b."""
-    per_example = estimate_fisher(
-        mlp, mlp_loader, method="diagonal", num_samples=48, damping=1e-12, progress=False
+    per_example = estimate_curvature(
+        mlp, mlp_loader, representation="diagonal", num_samples=48, progress=False
     )
-    batched = estimate_fisher(
-        mlp,
-        mlp_loader,
-        method="diagonal",
-        num_samples=6,
-        batch_size=8,
-        damping=1e-12,
-        progress=False,
+    batched = estimate_curvature(
+        mlp, mlp_loader, representation="diagonal", num_samples=6, batch_size=8, progress=False
     )
     ratio = batched.diag().sum() / per_example.diag().sum()
     assert ratio < 0.6

@@ -51,7 +51,7 @@ def test_hessian_of_a_batchnorm_cnn_in_eval_mode_and_state_untouched(bn_cnn, cnn
 
 def test_damped_hessian_inverse_matches_a_dense_inverse(mlp, mlp_loader):
     layout = ParameterLayout.from_model(mlp, block_size="layer")
-    hess = hessian_blocks(mlp, mlp_loader, layout, damping=0.5, progress=False)
+    hess = hessian_blocks(mlp, mlp_loader, layout, progress=False).damped(0.5)
     full = autograd_hessian(mlp, mlp_loader, layout)
     b = layout.blocks[0]
     block = full[b.start : b.stop, b.start : b.stop] + 0.5 * torch.eye(b.size, dtype=torch.float64)
@@ -77,6 +77,6 @@ def test_blocks_over_the_size_limit_are_refused_with_the_estimated_memory(mlp, m
 def test_negative_damping_and_empty_data_are_refused(mlp, mlp_loader):
     layout = ParameterLayout.from_model(mlp)
     with pytest.raises(ValueError, match="damping"):
-        hessian_blocks(mlp, mlp_loader, layout, damping=-1.0, progress=False)
-    with pytest.raises(ValueError, match="data: yielded no examples"):
+        hessian_blocks(mlp, mlp_loader, layout, progress=False).damped(-1.0)
+    with pytest.raises(ValueError, match="data: the loader yielded no examples"):
         hessian_blocks(mlp, [], layout, progress=False)

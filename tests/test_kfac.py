@@ -7,7 +7,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from tests.conftest import assert_same_state, loop_gradients, make_loader, model_state
-from wfexplore.curvature import KFACCurvature, estimate_fisher
+from wfexplore.curvature import KFACCurvature, estimate_curvature
 from wfexplore.params import ParameterLayout
 
 LAM = 1e-3
@@ -21,7 +21,7 @@ def test_one_example_linear_blocks_equal_the_gradient_outer_product(mlp, mlp_loa
     """With m = 1, F = g gᵀ = (s sᵀ) ⊗ (a aᵀ) exactly: pins the row-major order S ⊗ A."""
     layout = ParameterLayout.from_model(mlp, names=["0.weight", "0.bias", "3.weight"])
     layout = layout.with_block_size("layer")
-    curv = KFACCurvature.from_model(mlp, mlp_loader, layout, 1, LAM, progress=False)
+    curv = KFACCurvature.from_model(mlp, mlp_loader, layout, 1, progress=False).damped(LAM)
     g = loop_gradients(mlp, mlp_loader, layout, 1)[0]
     for b in layout.blocks:
         gb = g[b.start : b.stop]
@@ -35,7 +35,7 @@ def test_conv_covering_the_input_is_a_linear_layer_and_matches_exactly():
     model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.Tanh(), nn.Flatten(), nn.Linear(3, 4)).double()
     loader = make_loader(torch.randn(5, 2, 3, 3, generator=_gen(5), dtype=torch.float64), 4)
     layout = ParameterLayout.from_model(model, names=["0.weight", "0.bias"])
-    curv = KFACCurvature.from_model(model, loader, layout, 1, LAM, progress=False)
+    curv = KFACCurvature.from_model(model, loader, layout, 1, progress=False).damped(LAM)
     g = loop_gradients(model, loader, layout, 1)[0]
     for b in layout.blocks:
         gb = g[b.start : b.stop]
@@ -82,7 +82,9 @@ def test_conv_factors_equal_patches_taken_by_autograd(conv_kind):
     model.append(nn.Linear(flat, 4).double())
     loader = make_loader(torch.randn(7, *shape, generator=_gen(7), dtype=torch.float64), 4, batch=3)
     layout = ParameterLayout.from_model(model, block_size="layer")
-    curv = KFACCurvature.from_model(model, loader, layout, 6, LAM, chunk_size=4, progress=False)
+    curv = KFACCurvature.from_model(model, loader, layout, 6, chunk_size=4, progress=False).damped(
+        LAM
+    )
     A, S = _reference_factors(model, nn.Identity(), model[1:], loader, 6, model[0])
     torch.testing.assert_close(curv.factors[0].A, A, rtol=1e-10, atol=1e-14)
     torch.testing.assert_close(curv.factors[0].S, S, rtol=1e-10, atol=1e-14)
@@ -92,7 +94,7 @@ def test_conv_factors_equal_patches_taken_by_autograd(conv_kind):
 
 def test_factors_of_a_later_linear_layer_in_a_batchnorm_cnn(bn_cnn, cnn_loader):
     layout = ParameterLayout.from_model(bn_cnn, block_size="layer")
-    curv = KFACCurvature.from_model(bn_cnn, cnn_loader, layout, 9, LAM, progress=False)
+    curv = KFACCurvature.from_model(bn_cnn, cnn_loader, layout, 9, progress=False).damped(LAM)
     A, S = _reference_factors(bn_cnn, bn_cnn[:4], bn_cnn[5:], cnn_loader, 9, bn_cnn[4])
     torch.testing.assert_close(curv.factors[1].A, A, rtol=1e-10, atol=1e-14)
     torch.testing.assert_close(curv.factors[1].S, S, rtol=1e-10, atol=1e-14)
@@ -101,7 +103,7 @@ def test_factors_of_a_later_linear_layer_in_a_batchnorm_cnn(bn_cnn, cnn_loader):
 def test_inverse_queries_equal_the_dense_kronecker_product(bn_cnn, cnn_loader):
     """diag(C⁻¹), C⁻¹v, columns of C⁻¹ and of C, Cv: against torch.kron(S, A) + λI built densely."""
     layout = ParameterLayout.from_model(bn_cnn, block_size="layer")
-    curv = KFACCurvature.from_model(bn_cnn, cnn_loader, layout, 20, LAM, progress=False)
+    curv = KFACCurvature.from_model(bn_cnn, cnn_loader, layout, 20, progress=False).damped(LAM)
     dense = torch.block_diag(
         *[
             torch.kron(f.S, f.A) + LAM * torch.eye(f.S.shape[0] * f.A.shape[0], dtype=torch.float64)
@@ -130,18 +132,20 @@ def test_inverse_queries_equal_the_dense_kronecker_product(bn_cnn, cnn_loader):
         )
 
 
-def test_with_damping_reuses_the_factors(bn_cnn, cnn_loader):
+def test_another_damping_reuses_the_factors(bn_cnn, cnn_loader):
     layout = ParameterLayout.from_model(bn_cnn, block_size="layer")
-    curv = KFACCurvature.from_model(bn_cnn, cnn_loader, layout, 10, LAM, progress=False)
-    other = curv.with_damping(0.5)
+    curv = KFACCurvature.from_model(bn_cnn, cnn_loader, layout, 10, progress=False).damped(LAM)
+    other = curv.undamped.damped(0.5)
     assert other.factors[0] is curv.factors[0] and other.damping == 0.5
     torch.testing.assert_close(other.diag(), curv.diag() - LAM + 0.5)
 
 
 def test_mean_gradient_samples_scale_S_by_one_over_b(mlp, mlp_loader):
     layout = ParameterLayout.from_model(mlp, block_size="layer")
-    one = KFACCurvature.from_model(mlp, mlp_loader, layout, 24, LAM, progress=False)
-    two = KFACCurvature.from_model(mlp, mlp_loader, layout, 12, LAM, batch_size=2, progress=False)
+    one = KFACCurvature.from_model(mlp, mlp_loader, layout, 24, progress=False).damped(LAM)
+    two = KFACCurvature.from_model(
+        mlp, mlp_loader, layout, 12, batch_size=2, progress=False
+    ).damped(LAM)
     for f1, f2 in zip(one.factors, two.factors, strict=True):
         torch.testing.assert_close(f2.A, f1.A)
         torch.testing.assert_close(f2.S, f1.S / 2)
@@ -151,43 +155,57 @@ def test_estimate_fisher_kfac_defaults_to_layer_blocks_and_leaves_the_model_alon
     bn_cnn, cnn_loader
 ):
     before = model_state(bn_cnn.train())
-    curv = estimate_fisher(bn_cnn, cnn_loader, method="kfac", num_samples=10, progress=False)
-    assert isinstance(curv, KFACCurvature) and curv.layout.block_size == "layer"
+    curv = estimate_curvature(
+        bn_cnn, cnn_loader, num_samples=10, progress=False, representation="kfac"
+    ).damped(1e-5)
+    assert isinstance(curv.undamped, KFACCurvature) and curv.layout.block_size == "layer"
     assert_same_state(before, model_state(bn_cnn))
-    true1 = estimate_fisher(
-        bn_cnn, cnn_loader, method="kfac", num_samples=10, fisher="true", seed=3, progress=False
-    )
-    true2 = estimate_fisher(
-        bn_cnn, cnn_loader, method="kfac", num_samples=10, fisher="true", seed=3, progress=False
-    )
-    torch.testing.assert_close(true1.inverse_diag(), true2.inverse_diag(), rtol=0, atol=0)
-    relative = estimate_fisher(
+    true1 = estimate_curvature(
         bn_cnn,
         cnn_loader,
-        method="kfac",
         num_samples=10,
-        damping=0.1,
-        relative_damping=True,
+        fisher="true",
+        seed=3,
         progress=False,
-    )
+        representation="kfac",
+    ).damped(1e-5)
+    true2 = estimate_curvature(
+        bn_cnn,
+        cnn_loader,
+        num_samples=10,
+        fisher="true",
+        seed=3,
+        progress=False,
+        representation="kfac",
+    ).damped(1e-5)
+    torch.testing.assert_close(true1.inverse_diag(), true2.inverse_diag(), rtol=0, atol=0)
+    relative = estimate_curvature(
+        bn_cnn, cnn_loader, num_samples=10, progress=False, representation="kfac"
+    ).damped(0.1, relative=True)
     undamped_mean = float((curv.diag() - curv.damping).mean())
     assert relative.damping == pytest.approx(0.1 * undamped_mean, rel=1e-10)
 
 
 def test_kfac_refuses_other_blocks_and_unsupported_parameters(mlp, mlp_loader):
     with pytest.raises(ValueError, match="block_size='layer'"):
-        estimate_fisher(mlp, mlp_loader, method="kfac", block_size=16, progress=False)
+        estimate_curvature(
+            mlp, mlp_loader, block_size=16, progress=False, representation="kfac"
+        ).damped(1e-5)
     layout = ParameterLayout.from_model(mlp, names=["2.gain"], block_size="layer")
     with pytest.raises(ValueError, match="Linear, Conv1d or Conv2d"):
-        KFACCurvature.from_model(mlp, mlp_loader, layout, 4, LAM, progress=False)
+        KFACCurvature.from_model(mlp, mlp_loader, layout, 4, progress=False).damped(LAM)
     grouped = nn.Sequential(nn.Conv1d(2, 4, 3, groups=2), nn.Flatten()).double()
     loader = DataLoader(
         TensorDataset(torch.randn(4, 2, 5, dtype=torch.float64), torch.zeros(4, dtype=torch.long))
     )
     with pytest.raises(ValueError, match="grouped convolution"):
-        estimate_fisher(grouped, loader, method="kfac", num_samples=2, progress=False)
+        estimate_curvature(
+            grouped, loader, num_samples=2, progress=False, representation="kfac"
+        ).damped(1e-5)
     with pytest.raises(ValueError, match="num_samples=100"):
-        estimate_fisher(mlp, mlp_loader, method="kfac", num_samples=100, progress=False)
+        estimate_curvature(
+            mlp, mlp_loader, num_samples=100, progress=False, representation="kfac"
+        ).damped(1e-5)
 
 
 def test_kfac_memory_is_the_factors_not_the_blocks():
@@ -196,7 +214,9 @@ def test_kfac_memory_is_the_factors_not_the_blocks():
         TensorDataset(torch.randn(8, 300, dtype=torch.float64), torch.randint(0, 200, (8,))),
         batch_size=4,
     )
-    curv = estimate_fisher(model, loader, method="kfac", num_samples=8, progress=False)
+    curv = estimate_curvature(
+        model, loader, num_samples=8, progress=False, representation="kfac"
+    ).damped(1e-5)
     assert curv.memory_bytes() < 3 * 8 * (300**2 + 200**2)
     assert curv.inverse_diag().shape == (60000,)
     with pytest.raises(ValueError, match="dense copy"):

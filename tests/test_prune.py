@@ -7,12 +7,12 @@ from torch.nn.utils import prune as torch_prune
 from torch.utils.data import DataLoader, TensorDataset
 
 from tests.conftest import assert_same_state, make_loader, model_state
-from wfexplore.curvature import estimate_fisher
+from wfexplore.curvature import estimate_curvature
 from wfexplore.params import ParameterLayout
 from wfexplore.pruning import (
     PruningSettings,
-    estimate_curvature,
     evaluate_model,
+    method_curvature,
     polynomial_schedule,
     prune_model,
     recalibrate_batchnorm,
@@ -86,15 +86,9 @@ def test_one_shot_with_settings_equals_pruning_with_the_curvature_estimated_befo
     mlp, mlp_loader
 ):
     layout = ParameterLayout.from_model(mlp, block_size=8)
-    curv = estimate_fisher(
-        mlp,
-        mlp_loader,
-        method="dense",
-        layout=layout,
-        num_samples=16,
-        damping=1e-3,
-        progress=False,
-    )
+    curv = estimate_curvature(
+        mlp, mlp_loader, layout=layout, num_samples=16, progress=False, representation="dense"
+    ).damped(1e-3)
     a = prune_model(mlp, WF, 0.5, data=mlp_loader, progress=False)
     b = prune_model(mlp, curv, 0.5, data=mlp_loader, progress=False)
     for n in layout.names:
@@ -110,14 +104,15 @@ def test_recomputation_follows_the_polynomial_schedule_and_keeps_earlier_pruning
 
     def spy(step, work, keep):
         seen.append(None if keep is None else keep.clone())
-        return estimate_curvature(
+        return method_curvature(
             work, take_examples(mlp_loader, 16), layout, WF, keep=keep, progress=False
         ), None
 
-    from wfexplore.pruning.prune import run_pruning
+    from wfexplore.pruning.prune import PruningSchedule, RunOptions, run_pruning
 
     layout = WF.layout(mlp)
-    result = run_pruning(mlp, layout, spy, 0.8, steps=3, progress=False)
+    schedule, options = PruningSchedule(steps=3), RunOptions(progress=False)
+    result = run_pruning(mlp, layout, spy, 0.8, schedule=schedule, options=options)
     targets = [0.8 * (1 - (1 - t / 3) ** 3) for t in (1, 2, 3)]
     assert result.steps["target_sparsity"].tolist() == pytest.approx(targets)
     counts = result.steps["sparsity"].mul(layout.dim).round().astype(int).tolist()
@@ -134,7 +129,7 @@ def test_masked_gradients_decouple_pruned_weights(mlp, mlp_loader):
     layout = WF.layout(mlp)
     keep = torch.ones(layout.dim, dtype=torch.bool)
     keep[[0, 3, 9]] = False
-    curv = estimate_curvature(mlp, take_examples(mlp_loader, 16), layout, WF, keep=keep)
+    curv = method_curvature(mlp, take_examples(mlp_loader, 16), layout, WF, keep=keep)
     block = curv.block(0)
     for q in (0, 3):
         expected = torch.zeros(8, dtype=torch.float64)
@@ -228,9 +223,9 @@ def test_bad_arguments_are_named(mlp, mlp_loader):
 
 def test_a_curvature_for_another_selection_is_refused(mlp, mlp_loader, bn_cnn):
     first = ParameterLayout.from_model(mlp, names=["0.weight"], block_size=8)
-    curv = estimate_fisher(
-        mlp, mlp_loader, method="dense", layout=first, num_samples=8, progress=False
-    )
+    curv = estimate_curvature(
+        mlp, mlp_loader, layout=first, num_samples=8, progress=False, representation="dense"
+    ).damped(1e-5)
     with pytest.raises(ValueError, match="the curvature was built for"):
         prune_model(mlp, curv, 0.5, names=["3.weight"], progress=False)
     with pytest.raises(ValueError, match="the curvature was built for"):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tests.conftest import dense_block_fisher, loop_gradients
-from wfexplore.curvature import DiagonalCurvature, IdentityCurvature, estimate_fisher
+from wfexplore.curvature import DiagonalCurvature, IdentityCurvature, estimate_curvature
 from wfexplore.params import ParameterLayout
 from wfexplore.pruning import compute_saliency, obs_saliency, update_weights
 
@@ -13,10 +13,9 @@ def test_saliency_of_a_model_matches_the_dense_inverse_and_predicts_single_remov
     mlp, mlp_loader
 ):
     layout = ParameterLayout.from_model(mlp, block_size=8)
-    curv = estimate_fisher(
-        mlp, mlp_loader, method="dense", layout=layout, num_samples=20, damping=1e-3,
-        progress=False,
-    )  # fmt: skip
+    curv = estimate_curvature(
+        mlp, mlp_loader, layout=layout, num_samples=20, progress=False, representation="dense"
+    ).damped(1e-3)
     fisher, inverse = dense_block_fisher(loop_gradients(mlp, mlp_loader, layout, 20), layout, 1e-3)
     sal = compute_saliency(mlp, curv)
     w = layout.flatten(mlp).double()
@@ -37,7 +36,7 @@ def test_identity_and_diagonal_give_magnitude_and_obd(mlp):
     w = layout.flatten(mlp).double()
     torch.testing.assert_close(compute_saliency(mlp, IdentityCurvature(layout)).scores, w**2 / 2)
     values = torch.linspace(0.5, 2.0, layout.dim, dtype=torch.float64)
-    obd = compute_saliency(w, DiagonalCurvature(layout, values, 0.0))
+    obd = compute_saliency(w, DiagonalCurvature(layout, values))
     torch.testing.assert_close(obd.scores, 0.5 * values * w**2)
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.conftest import assert_same_state, model_state
-from wfexplore.curvature import estimate_fisher
+from wfexplore.curvature import estimate_curvature
 from wfexplore.params import ParameterLayout
 from wfexplore.pruning import (
     PruningSettings,
@@ -21,10 +21,9 @@ from wfexplore.pruning import (
 @pytest.fixture
 def fisher(mlp, mlp_loader):
     layout = ParameterLayout.from_model(mlp, block_size=8)
-    return estimate_fisher(
-        mlp, mlp_loader, method="dense", layout=layout, num_samples=24, damping=1e-3,
-        progress=False,
-    )  # fmt: skip
+    return estimate_curvature(
+        mlp, mlp_loader, layout=layout, num_samples=24, progress=False, representation="dense"
+    ).damped(1e-3)
 
 
 def test_layer_sensitivity_prunes_one_layer_at_a_time(mlp, mlp_loader, fisher):
@@ -37,9 +36,14 @@ def test_layer_sensitivity_prunes_one_layer_at_a_time(mlp, mlp_loader, fisher):
     dense = evaluate_model(mlp, mlp_loader)["loss"]
     for row in frame.to_dict("records"):
         direct = prune_model(
-            mlp, fisher, {row["parameter"]: row["sparsity"]}, scope="layerwise", update="group",
-            eval_data=mlp_loader, progress=False,
-        )  # fmt: skip
+            mlp,
+            fisher,
+            {row["parameter"]: row["sparsity"]},
+            scope="layerwise",
+            update="group",
+            eval_data=mlp_loader,
+            progress=False,
+        )
         other = [n for n in direct.masks if n != row["parameter"]][0]
         assert direct.masks[other].all()
         assert row["pruned"] == round(row["sparsity"] * row["numel"])
@@ -53,13 +57,13 @@ def test_layer_sensitivity_estimates_the_curvature_once(mlp, mlp_loader, monkeyp
     from wfexplore.pruning import sensitivity
 
     calls = []
-    original = sensitivity.estimate_curvature
+    original = sensitivity.method_curvature
 
     def counted(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(sensitivity, "estimate_curvature", counted)
+    monkeypatch.setattr(sensitivity, "method_curvature", counted)
     settings = PruningSettings("kfac", num_samples=16)
     frame = layer_sensitivity(mlp, settings, mlp_loader, sparsities=(0.1, 0.5, 0.9), progress=False)
     assert len(calls) == 1 and len(frame) == 6

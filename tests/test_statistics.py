@@ -12,8 +12,8 @@ from wfexplore.curvature import (
     DenseBlockCurvature,
     DiagonalCurvature,
     IdentityCurvature,
-    LowRankCurvature,
-    estimate_fisher,
+    estimate_curvature,
+    from_gradients,
 )
 from wfexplore.curvature.dense import group_blocks
 from wfexplore.params import ParameterLayout
@@ -48,11 +48,14 @@ def _per_example_gradients(model: nn.Module, loader: DataLoader, names: list[str
 
 
 def _dense_curvature(layout: ParameterLayout, matrices: dict[int, np.ndarray], damping: float):
-    """DenseBlockCurvature whose block i is ``matrices[i]`` (already dampened)."""
+    """M + λI whose block i is ``matrices[i]`` (already dampened), as a damped view."""
     groups = group_blocks(layout)
     for grp in groups:
-        grp.matrix = torch.stack([torch.as_tensor(matrices[b]) for b in grp.blocks])
-    return DenseBlockCurvature(layout, groups, damping, kind="handmade")
+        grp.matrix = torch.stack(
+            [torch.as_tensor(matrices[b]) - damping * torch.eye(grp.size) for b in grp.blocks]
+        ).double()
+    undamped = DenseBlockCurvature(layout, groups, kind="handmade", requires_damping=False)
+    return undamped.damped(damping)
 
 
 def _random_spd(size: int, rng: np.random.Generator) -> np.ndarray:
@@ -143,26 +146,20 @@ def test_dominance_rejects_non_finite_entries():
 # --- dominance_table --------------------------------------------------------------------------
 def test_dominance_table_on_a_fisher_matches_a_hand_built_dense_fisher():
     model, loader = _tiny_model(), _tiny_data(10)
-    fisher = estimate_fisher(
-        model,
-        loader,
-        method="dense",
-        block_size=4,
-        num_samples=10,
-        damping=DAMPING,
-        progress=False,
-    )
+    fisher = estimate_curvature(
+        model, loader, block_size=4, num_samples=10, progress=False, representation="dense"
+    ).damped(DAMPING)
     layout = fisher.layout
     g = _per_example_gradients(model, loader, layout.names)
     dense = g.T @ g / g.shape[0]  # F = (1/m) Σ g gᵀ, the undamped Fisher
 
-    table = dominance_table(fisher)
+    table = dominance_table(fisher.undamped)
     assert list(table["block"]) == [0, 1, 2, 3, 4]
     assert list(table["layer"]) == [0, 0, 0, 1, 1]
     assert list(table["parameter"]) == ["0.weight"] * 3 + ["2.weight"] * 2
     assert list(table["size"]) == [4] * 5
     assert set(table["kind"]) == {"dense"}
-    damped = dominance_table(fisher, undamped=False)
+    damped = dominance_table(fisher)
     for b in layout.blocks:
         block = dense[b.start : b.stop, b.start : b.stop]
         expected = diagonal_dominance(block)
@@ -181,13 +178,13 @@ def test_undamped_table_takes_the_damping_off_the_diagonal():
     raw = {b.index: rng.standard_normal((4, 4)) for b in layout.blocks}
     lam = 10.0
     curvature = _dense_curvature(layout, {i: m + lam * np.eye(4) for i, m in raw.items()}, lam)
-    table = dominance_table(curvature)
+    table = dominance_table(curvature.undamped)
     for i, m in raw.items():
         assert table.iloc[i]["diagonal_frobenius_share"] == pytest.approx(
             np.sum(np.diag(m) ** 2) / np.sum(m**2)
         )
     # with λ = 10 on the diagonal every row is dominant
-    assert (dominance_table(curvature, undamped=False)["dominant_row_share"] == 1.0).all()
+    assert (dominance_table(curvature)["dominant_row_share"] == 1.0).all()
     # the curvature's own blocks are untouched
     assert np.allclose(curvature.block(0).numpy(), raw[0] + lam * np.eye(4))
 
@@ -195,8 +192,8 @@ def test_undamped_table_takes_the_damping_off_the_diagonal():
 def test_lowrank_and_dense_fisher_from_the_same_gradients_have_the_same_table():
     layout = ParameterLayout.from_model(_tiny_model(), block_size=4)
     g = torch.randn(6, layout.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    dense = DenseBlockCurvature.from_gradients(g, layout, DAMPING)
-    lowrank = LowRankCurvature.from_gradients(g, layout, DAMPING)
+    dense = from_gradients(g, layout, "dense").damped(DAMPING)
+    lowrank = from_gradients(g, layout, "lowrank").damped(DAMPING)
     a, b = dominance_table(dense), dominance_table(lowrank)
     assert set(b["kind"]) == {"lowrank"}
     pd.testing.assert_frame_equal(a.drop(columns="kind"), b.drop(columns="kind"), rtol=1e-9)
@@ -235,7 +232,7 @@ def test_spectra_match_numpy_eigvalsh_largest_first():
     matrices = {b.index: _random_spd(4, rng) for b in layout.blocks}
     curvature = _dense_curvature(layout, matrices, damping=0.5)
 
-    table = spectra(curvature, undamped=False)
+    table = spectra(curvature)
     assert list(table.columns) == [
         "kind",
         "block",
@@ -251,7 +248,7 @@ def test_spectra_match_numpy_eigvalsh_largest_first():
         assert list(rows["rank"]) == [1, 2, 3, 4]
         np.testing.assert_allclose(rows["eigenvalue"], np.linalg.eigvalsh(m)[::-1], rtol=1e-12)
 
-    top = spectra(curvature, [2], top_k=2)  # undamped: eigenvalues minus λ = 0.5
+    top = spectra(curvature.undamped, [2], top_k=2)  # undamped: eigenvalues minus λ = 0.5
     np.testing.assert_allclose(top["eigenvalue"], np.linalg.eigvalsh(matrices[2])[::-1][:2] - 0.5)
     with pytest.raises(ValueError, match="top_k"):
         spectra(curvature, top_k=0)
@@ -260,15 +257,9 @@ def test_spectra_match_numpy_eigvalsh_largest_first():
 # --- compare_blocks ---------------------------------------------------------------------------
 def test_curvature_compared_with_itself_has_zero_error_and_unit_cosines():
     model, loader = _tiny_model(), _tiny_data(10)
-    fisher = estimate_fisher(
-        model,
-        loader,
-        method="dense",
-        block_size=4,
-        num_samples=10,
-        damping=DAMPING,
-        progress=False,
-    )
+    fisher = estimate_curvature(
+        model, loader, block_size=4, num_samples=10, progress=False, representation="dense"
+    ).damped(DAMPING)
     table = compare_blocks(fisher, fisher)
     assert len(table) == 5
     assert (table["relative_frobenius_error"] == 0.0).all()
@@ -283,7 +274,7 @@ def test_compare_hand_built_blocks_against_numpy():
     approx = {i: m + 0.3 * _random_spd(4, rng) for i, m in ref.items()}
     reference = _dense_curvature(layout, ref, 0.0)
     approximation = _dense_curvature(layout, approx, 0.0)
-    approximation.kind = "approx"
+    approximation.undamped.kind = "approx"
 
     table = compare_blocks(approximation, reference)
     assert list(table.columns) == [
@@ -321,7 +312,7 @@ def test_diagonal_approximation_cosines_are_inverse_diagonal_over_column_norm():
     ref = {b.index: _random_spd(4, rng) for b in layout.blocks}
     reference = _dense_curvature(layout, ref, 0.0)
     values = torch.cat([torch.tensor(np.diag(ref[b.index])) for b in layout.blocks])
-    diagonal = DiagonalCurvature(layout, values, 0.0)
+    diagonal = DiagonalCurvature(layout, values)
 
     table = compare_blocks(diagonal, reference, [1, 3])
     assert list(table["block"]) == [1, 3]

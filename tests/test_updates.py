@@ -10,14 +10,13 @@ from wfexplore.curvature import (
     DiagonalCurvature,
     IdentityCurvature,
     KFACCurvature,
-    LowRankCurvature,
+    from_gradients,
 )
 from wfexplore.curvature.dense import group_blocks
 from wfexplore.params import ParameterLayout
 from wfexplore.pruning import prune_model, update_weights
 from wfexplore.pruning import updates as updates_module
 from wfexplore.pruning.saliency import obs_saliency
-from wfexplore.pruning.updates import curvature_columns, curvature_mv
 
 
 def _gen(seed):
@@ -47,7 +46,7 @@ def dense_curvature(layout: ParameterLayout, H: torch.Tensor) -> DenseBlockCurva
     groups = group_blocks(layout)
     for grp in groups:
         grp.matrix = H[grp.index[:, :, None], grp.index[:, None, :]].clone()
-    return DenseBlockCurvature(layout, groups, damping=0.0, kind="quadratic")
+    return DenseBlockCurvature(layout, groups, kind="quadratic", requires_damping=False).damped(0.0)
 
 
 def kkt_minimum(H: torch.Tensor, w_star: torch.Tensor, pruned: torch.Tensor) -> torch.Tensor:
@@ -74,7 +73,7 @@ def random_pruned(d: int, count: int, seed: int) -> torch.Tensor:
 
 def lowrank_with_matrix(layout, seed=3, m=9, lam=0.3):
     g = torch.randn(m, layout.dim, generator=_gen(seed), dtype=torch.float64)
-    curv = LowRankCurvature.from_gradients(g, layout, lam)
+    curv = from_gradients(g, layout, "lowrank").damped(lam)
     H = torch.block_diag(*[curv.block(b.index) for b in layout.blocks])
     return curv, H
 
@@ -84,7 +83,7 @@ def kfac_with_matrix(model, layout):
     loader = DataLoader(
         TensorDataset(x, torch.randint(0, 3, (12,), generator=_gen(5))), batch_size=6
     )
-    curv = KFACCurvature.from_model(model, loader, layout, 12, 0.05, progress=False)
+    curv = KFACCurvature.from_model(model, loader, layout, 12, progress=False).damped(0.05)
     H = torch.block_diag(*[curv.block(b.index) for b in layout.blocks])
     return curv, H
 
@@ -149,7 +148,7 @@ def test_obs_with_a_diagonal_hessian_is_obd(scope, update):
         model, dense_curvature(layout, H), 0.6, scope=scope, update=update, progress=False
     )
     obd = prune_model(
-        model, DiagonalCurvature(layout, H.diag().clone(), 0.0), 0.6, scope=scope, progress=False
+        model, DiagonalCurvature(layout, H.diag().clone()), 0.6, scope=scope, progress=False
     )
     for name in layout.names:
         assert torch.equal(obs.masks[name], obd.masks[name])
@@ -223,10 +222,10 @@ def test_products_with_C_itself_match_the_dense_matrix(kind):
     model = two_layer_model()
     layout = ParameterLayout.from_model(model, block_size="layer" if kind == "kfac" else 5)
     if kind == "identity":
-        curv, H = IdentityCurvature(layout), torch.eye(layout.dim, dtype=torch.float64)
+        curv, H = IdentityCurvature(layout).damped(0.0), torch.eye(layout.dim, dtype=torch.float64)
     elif kind == "diagonal":
         values = torch.rand(layout.dim, generator=_gen(2), dtype=torch.float64) + 0.5
-        curv, H = DiagonalCurvature(layout, values, 0.1), torch.diag(values)
+        curv, H = DiagonalCurvature(layout, values - 0.1).damped(0.1), torch.diag(values)
     elif kind == "dense":
         H = spd_blocks(layout, seed=9)
         curv = dense_curvature(layout, H)
@@ -235,11 +234,11 @@ def test_products_with_C_itself_match_the_dense_matrix(kind):
     else:
         curv, H = kfac_with_matrix(model, layout)
     v = torch.randn(layout.dim, generator=_gen(10), dtype=torch.float64)
-    torch.testing.assert_close(curvature_mv(curv, v), H @ v, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(curv.mv(v), H @ v, rtol=1e-12, atol=1e-14)
     for b in layout.blocks:
         pos = [0, b.size - 1]
         block = H[b.start : b.stop, b.start : b.stop]
-        torch.testing.assert_close(curvature_columns(curv, b.index, pos), block[:, pos])
+        torch.testing.assert_close(curv.columns(b.index, pos), block[:, pos])
 
 
 def test_group_update_refuses_blocks_over_the_memory_limit():

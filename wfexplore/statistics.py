@@ -5,9 +5,10 @@ eigenvalue rank), carrying ``block``, ``layer``, ``parameter`` and ``size`` so t
 be grouped, merged with other tables and plotted directly.
 
 - :func:`diagonal_dominance`: how much of one square block lies on its diagonal;
-- :func:`dominance_table`: the same for every block of a curvature, with the damping λI
-  taken off the diagonal by default, so that "Hessians tend to be diagonally dominant"
-  is checked on the matrix itself rather than on its damping;
+- :func:`dominance_table`: the same for every block of a curvature — of the matrix M
+  itself when given an undamped curvature (what ``estimate_curvature`` and
+  ``hessian_blocks`` return), so that "Hessians tend to be diagonally dominant" is checked
+  on the matrix rather than on its damping; of C = M + λI when given ``M.damped(λ)``;
 - :func:`spectra`: eigenvalues of each block, largest first;
 - :func:`compare_blocks`: how well one curvature stands in for another (e.g. the empirical
   Fisher for the exact Hessian): Frobenius error and agreement of the OBS update directions.
@@ -22,7 +23,7 @@ import pandas as pd
 import torch
 
 from wfexplore._checks import positive_int
-from wfexplore.curvature.base import Curvature, check_same_layout
+from wfexplore.curvature.base import AnyCurvature, as_damped, check_same_layout
 from wfexplore.params import Block, ParameterLayout
 
 DEFAULT_MAX_BLOCK_SIZE = 4096
@@ -73,18 +74,16 @@ def diagonal_dominance(matrix: torch.Tensor) -> dict[str, float]:
 
 
 def dominance_table(
-    curvature: Curvature,
+    curvature: AnyCurvature,
     blocks: Sequence[int] | None = None,
     *,
-    undamped: bool = True,
     max_block_size: int = DEFAULT_MAX_BLOCK_SIZE,
 ) -> pd.DataFrame:
-    """:func:`diagonal_dominance` of each block: one row per block.
+    """:func:`diagonal_dominance` of each block of the matrix given: one row per block.
 
-    With ``undamped=True`` (the default) the statistics are those of M = C − λI, the
-    matrix itself (e.g. the Fisher F or the Hessian H) without the damping λ =
-    ``curvature.damping`` that every ``block(i)`` carries: a large λ would otherwise make
-    any matrix look diagonally dominant. ``undamped=False`` reports the dampened C.
+    An undamped curvature M (the Fisher F, the Hessian H) is measured as it is; pass
+    ``.undamped`` of a damped view to measure M rather than M + λI (a large λ makes any
+    matrix look diagonally dominant).
 
     ``blocks`` are block indices; by default every block of the layout with at most
     ``max_block_size`` weights, larger ones skipped. Columns: ``kind``, ``block``,
@@ -95,8 +94,6 @@ def dominance_table(
     rows = []
     for b in chosen:
         matrix = curvature.block(b.index)
-        if undamped:
-            matrix = _undamp(matrix, curvature.damping)
         rows.append(
             {
                 "kind": curvature.kind,
@@ -108,19 +105,17 @@ def dominance_table(
 
 
 def spectra(
-    curvature: Curvature,
+    curvature: AnyCurvature,
     blocks: Sequence[int] | None = None,
     *,
     top_k: int | None = None,
-    undamped: bool = True,
     max_block_size: int = DEFAULT_MAX_BLOCK_SIZE,
 ) -> pd.DataFrame:
-    """Eigenvalues of each block, largest first: one row per (block, rank).
+    """Eigenvalues of each block of the matrix given, largest first: one row per (block, rank).
 
     λ_1 ≥ λ_2 ≥ … ≥ λ_k are the eigenvalues of the symmetric block (``torch.linalg.eigvalsh``
     in float64); ``rank`` counts from 1 for the largest. ``top_k`` keeps the k largest
-    (default: all). With ``undamped=True`` (the default) they are the eigenvalues of
-    C − λI, i.e. every eigenvalue of the dampened block minus λ = ``curvature.damping``.
+    (default: all). For a damped view M + λI every eigenvalue is that of M plus λ.
     Block selection as in :func:`dominance_table`. Columns: ``kind``, ``block``, ``layer``,
     ``parameter``, ``size``, ``rank``, ``eigenvalue``.
     """
@@ -131,8 +126,6 @@ def spectra(
     for b in chosen:
         values = torch.linalg.eigvalsh(_symmetric(curvature.block(b.index)))
         values = values.flip(0)[:top_k].cpu().numpy()
-        if undamped:
-            values = values - curvature.damping
         info = {"kind": curvature.kind, **_block_info(curvature.layout, b)}
         rows.extend(
             {**info, "rank": rank, "eigenvalue": float(value)}
@@ -142,16 +135,18 @@ def spectra(
 
 
 def compare_blocks(
-    approx: Curvature,
-    reference: Curvature,
+    approx: AnyCurvature,
+    reference: AnyCurvature,
     blocks: Sequence[int] | None = None,
     *,
+    damping: float | None = None,
     max_block_size: int = DEFAULT_MAX_BLOCK_SIZE,
 ) -> pd.DataFrame:
     """How well ``approx`` (A) stands in for ``reference`` (R), block by block.
 
-    Both must share the layout. Per block, on the dampened blocks as ``block(i)`` and
-    ``inverse_block(i)`` return them (damping included, as pruning uses them):
+    Both must share the layout. They are compared as pruning uses them, dampened: with
+    ``damping`` λ, A = M_A + λI and R = M_R + λI of the undamped matrices; without it,
+    the damped views given (``M.damped(λ)``). Per block:
 
     - ``relative_frobenius_error`` = ‖A − R‖_F / ‖R‖_F;
     - ``obs_update_cosine_median`` / ``obs_update_cosine_min``: removing weight q moves
@@ -165,6 +160,9 @@ def compare_blocks(
     For eigenvalues, concatenate the :func:`spectra` of both.
     """
     check_same_layout(approx, reference.layout)
+    if damping is not None:
+        approx, reference = approx.undamped.damped(damping), reference.undamped.damped(damping)
+    approx, reference = as_damped(approx), as_damped(reference)
     chosen = _select_blocks(reference.layout, blocks, max_block_size)
     rows = []
     for b in chosen:
@@ -239,13 +237,6 @@ def _block_info(layout: ParameterLayout, block: Block) -> dict:
         "parameter": "+".join(names),
         "size": block.size,
     }
-
-
-def _undamp(matrix: torch.Tensor, damping: float) -> torch.Tensor:
-    """M = C − λI as a new float64 tensor (the curvature's block is left untouched)."""
-    out = matrix.to(torch.float64).clone()
-    out.diagonal().sub_(damping)
-    return out
 
 
 def _symmetric(matrix: torch.Tensor) -> torch.Tensor:

@@ -1,25 +1,33 @@
 """Curvature representations behind one interface, and how to estimate them."""
 
-from wfexplore.curvature.base import Curvature, check_same_layout
+from wfexplore.curvature.base import Curvature, DampedCurvature, check_same_layout
 from wfexplore.curvature.dense import DenseBlockCurvature
 from wfexplore.curvature.diagonal import DiagonalCurvature
-from wfexplore.curvature.estimate import FISHER_METHODS, estimate_fisher
+from wfexplore.curvature.estimate import (
+    REPRESENTATIONS,
+    estimate_curvature,
+    from_gradients,
+    resolve_representation,
+)
 from wfexplore.curvature.hessian import hessian_blocks
 from wfexplore.curvature.identity import IdentityCurvature
 from wfexplore.curvature.kfac import KFACCurvature
 from wfexplore.curvature.lowrank import LowRankCurvature
-from wfexplore.curvature.woodbury import woodbury_fisher
+from wfexplore.curvature.woodbury import WoodburyCurvature
 
 __all__ = [
-    "FISHER_METHODS",
+    "REPRESENTATIONS",
     "Curvature",
+    "DampedCurvature",
     "DenseBlockCurvature",
     "DiagonalCurvature",
     "IdentityCurvature",
     "KFACCurvature",
     "LowRankCurvature",
+    "WoodburyCurvature",
     "check_same_layout",
-    "estimate_fisher",
+    "estimate_curvature",
+    "from_gradients",
     "hessian_blocks",
-    "woodbury_fisher",
+    "resolve_representation",
 ]

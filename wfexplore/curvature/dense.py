@@ -1,24 +1,26 @@
-"""Dense blocks: C = blockdiag(C_1, …, C_K), each block held as a matrix.
+"""Dense blocks: M = blockdiag(M_1, …, M_K), each block held as a matrix.
 
 Blocks of equal size are stacked into one ``(n, s, s)`` tensor so that building and
 inverting them is a handful of batched matrix products and one batched Cholesky
-factorisation (LU for blocks that are not positive definite, e.g. indefinite
-Hessian blocks). For the empirical Fisher the blocks are streamed from gradient
+factorisation of M + λI per λ (LU for blocks that are not positive definite, e.g.
+indefinite Hessian blocks). For the empirical Fisher the blocks are streamed from gradient
 chunks, F_B = (1/m) Σ_n g_nB g_nBᵀ = G_Bᵀ G_B / m, never holding all of G.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from wfexplore.curvature.base import Curvature, resolve_damping
+from wfexplore.curvature.base import Curvature, Positions
 from wfexplore.params import ParameterLayout
 
 DEFAULT_MAX_MEMORY_GB = 4.0
 GRAM_BUFFER_BYTES = 64 * 2**20
+KEPT_INVERSES = 1
+"""Block inverses are kept for this many values of λ (the most recent ones)."""
 
 
 @dataclass
@@ -28,7 +30,6 @@ class BlockGroup:
     blocks: list[int]
     index: torch.Tensor  # (n, s) long
     matrix: torch.Tensor | None = None  # (n, s, s)
-    inverse: torch.Tensor | None = None  # (n, s, s)
 
     @property
     def size(self) -> int:
@@ -77,99 +78,138 @@ def check_dense_memory(layout: ParameterLayout, max_memory_gb: float, itemsize: 
 
 
 class DenseBlockCurvature(Curvature):
-    """Block-diagonal C held as dense blocks; inverses by batched exact factorisation."""
+    """Block-diagonal M held as dense blocks; inverses of M + λI by batched factorisation."""
 
     def __init__(
         self,
         layout: ParameterLayout,
         groups: list[BlockGroup],
-        damping: float,
+        *,
         kind: str = "dense",
+        requires_damping: bool = True,
     ):
-        super().__init__(layout, damping)
+        super().__init__(layout)
         self.groups = groups
         self.kind = kind
+        self.requires_damping = requires_damping
         self._where = {b: (g, k) for g, grp in enumerate(groups) for k, b in enumerate(grp.blocks)}
+        self._inverses: dict[float, list[torch.Tensor]] = {}
 
-    @classmethod
-    def from_gradients(
-        cls,
-        gradients: torch.Tensor | Iterable[torch.Tensor],
-        layout: ParameterLayout,
-        damping: float,
-        *,
-        relative_damping: bool = False,
-        dtype: torch.dtype = torch.float64,
-        max_memory_gb: float = DEFAULT_MAX_MEMORY_GB,
-    ) -> DenseBlockCurvature:
-        """F_λ = (1/m) Σ g gᵀ + λI per block, accumulated as G_Bᵀ G_B over gradient chunks."""
-        check_dense_memory(layout, max_memory_gb)
-        chunks = [gradients] if isinstance(gradients, torch.Tensor) else gradients
-        groups, m = None, 0
-        for chunk in chunks:
-            if groups is None:
-                groups = group_blocks(layout, chunk.device)
-                for grp in groups:
-                    n, s = grp.index.shape
-                    grp.matrix = torch.zeros(n, s, s, dtype=dtype, device=chunk.device)
-            for grp in groups:
-                _accumulate_gram(grp, chunk, dtype)
-            m += chunk.shape[0]
-        if m == 0:
-            raise ValueError("gradients: no gradient samples were given")
-        mean_diag = sum(float(grp.matrix.diagonal(dim1=1, dim2=2).sum()) for grp in groups)
-        lam = resolve_damping(damping, relative_damping, mean_diag / (m * layout.dim))
-        for grp in groups:
-            grp.matrix /= m
-            grp.matrix.diagonal(dim1=1, dim2=2).add_(lam)
-        return cls(layout, groups, lam, kind="dense")
-
-    # --- the interface -----------------------------------------------------------------------
+    # --- forward ---------------------------------------------------------------------------
     def diag(self) -> torch.Tensor:
-        return self._scatter(lambda grp: grp.matrix.diagonal(dim1=1, dim2=2))
+        return self._scatter([grp.matrix.diagonal(dim1=1, dim2=2) for grp in self.groups])
 
-    def inverse_diag(self) -> torch.Tensor:
-        self.invert()
-        return self._scatter(lambda grp: grp.inverse.diagonal(dim1=1, dim2=2))
+    def mv(self, vector: torch.Tensor) -> torch.Tensor:
+        return self._blockwise_mv([grp.matrix for grp in self.groups], vector)
 
-    def inverse_mv(self, vector: torch.Tensor) -> torch.Tensor:
-        self.invert()
-        vector = vector.to(self.groups[0].inverse)
-        return self._scatter(lambda grp: torch.einsum("nst,nt->ns", grp.inverse, vector[grp.index]))
-
-    def inverse_columns(self, block: int, positions: Sequence[int] | torch.Tensor) -> torch.Tensor:
-        return self.inverse_block(block)[:, torch.as_tensor(positions, dtype=torch.long)]
+    def columns(self, block: int, positions: Positions) -> torch.Tensor:
+        matrix = self.block(block)
+        return matrix[:, torch.as_tensor(positions, dtype=torch.long, device=matrix.device)]
 
     def block(self, index: int) -> torch.Tensor:
         g, k = self._where[index]
         return self.groups[g].matrix[k]
 
-    def inverse_block(self, index: int) -> torch.Tensor:
-        self.invert()
+    # --- inverse ---------------------------------------------------------------------------
+    def _inverse_diag(self, damping: float) -> torch.Tensor:
+        return self._scatter([inv.diagonal(dim1=1, dim2=2) for inv in self.inverses(damping)])
+
+    def _inverse_mv(self, vector: torch.Tensor, damping: float) -> torch.Tensor:
+        return self._blockwise_mv(self.inverses(damping), vector)
+
+    def _inverse_columns(self, block: int, positions: Positions, damping: float) -> torch.Tensor:
+        inverse = self._inverse_block(block, damping)
+        return inverse[:, torch.as_tensor(positions, dtype=torch.long, device=inverse.device)]
+
+    def _inverse_block(self, index: int, damping: float) -> torch.Tensor:
         g, k = self._where[index]
-        return self.groups[g].inverse[k]
+        return self.inverses(damping)[g][k]
+
+    def _inverse_blocks(self, blocks: Sequence[int], damping: float) -> torch.Tensor:
+        inverses = self.inverses(damping)
+        where = [self._where[b] for b in blocks]
+        if len({g for g, _ in where}) == 1:
+            g = where[0][0]
+            return inverses[g][torch.tensor([k for _, k in where], device=inverses[g].device)]
+        return torch.stack([inverses[g][k] for g, k in where])
 
     def memory_bytes(self) -> int:
-        return sum(
-            t.numel() * t.element_size()
-            for grp in self.groups
-            for t in (grp.matrix, grp.inverse)
-            if t is not None
-        )
+        held = [grp.matrix for grp in self.groups]
+        held += [inv for per_group in self._inverses.values() for inv in per_group]
+        return sum(t.numel() * t.element_size() for t in held)
 
-    # --- inversion -----------------------------------------------------------------------
-    def invert(self) -> None:
-        """Compute every block inverse once (batched Cholesky; LU where not positive definite)."""
+    def inverses(self, damping: float) -> list[torch.Tensor]:
+        """(M_g + λI)⁻¹ of every group of blocks, computed once per λ (the last few kept)."""
+        lam = self.absolute_damping(damping)
+        if lam not in self._inverses:
+            if len(self._inverses) >= KEPT_INVERSES:
+                self._inverses.pop(next(iter(self._inverses)))
+            self._inverses[lam] = self._invert(lam)
+        return self._inverses[lam]
+
+    def _invert(self, damping: float) -> list[torch.Tensor]:
+        out = []
         for grp in self.groups:
-            if grp.inverse is None:
-                grp.inverse = batched_symmetric_inverse(grp.matrix)
+            matrix = grp.matrix.clone()
+            matrix.diagonal(dim1=1, dim2=2).add_(damping)
+            out.append(batched_symmetric_inverse(matrix))
+        return out
 
-    def _scatter(self, per_group) -> torch.Tensor:
+    # --- helpers ---------------------------------------------------------------------------
+    def _scatter(self, per_group: list[torch.Tensor]) -> torch.Tensor:
         first = self.groups[0].matrix
         out = torch.empty(self.dim, dtype=first.dtype, device=first.device)
-        for grp in self.groups:
-            out[grp.index] = per_group(grp)
+        for grp, values in zip(self.groups, per_group, strict=True):
+            out[grp.index] = values
         return out
+
+    def _blockwise_mv(self, matrices: list[torch.Tensor], vector: torch.Tensor) -> torch.Tensor:
+        vector = vector.to(matrices[0])
+        products = [
+            torch.einsum("nst,nt->ns", matrix, vector[grp.index])
+            for grp, matrix in zip(self.groups, matrices, strict=True)
+        ]
+        return self._scatter(products)
+
+    def restricted(self, layout: ParameterLayout) -> DenseBlockCurvature:
+        """The same matrix on a finer ``layout`` whose blocks lie inside this one's blocks."""
+        inner = []
+        for b in layout.blocks:
+            outer = self.layout.block_of(b.start)
+            if b.stop > outer.stop:
+                raise ValueError(
+                    f"block {b.index} of {layout!r} crosses a block boundary of {self.layout!r}"
+                )
+            a = b.start - outer.start
+            inner.append(self.block(outer.index)[a : a + b.size, a : a + b.size])
+        groups = group_blocks(layout, self.groups[0].matrix.device)
+        for grp in groups:
+            grp.matrix = torch.stack([inner[i] for i in grp.blocks])
+        return DenseBlockCurvature(
+            layout, groups, kind=self.kind, requires_damping=self.requires_damping
+        )
+
+
+class DenseAccumulator:
+    """Streams gradient chunks into dense Fisher blocks F_B = G_Bᵀ G_B / m."""
+
+    def __init__(self, layout: ParameterLayout, dtype: torch.dtype, max_memory_gb: float, **_):
+        check_dense_memory(layout, max_memory_gb)
+        self.layout, self.dtype, self.groups = layout, dtype, None
+
+    def add(self, chunk: torch.Tensor) -> None:
+        if self.groups is None:
+            self.groups = group_blocks(self.layout, chunk.device)
+            for grp in self.groups:
+                n, s = grp.index.shape
+                grp.matrix = torch.zeros(n, s, s, dtype=self.dtype, device=chunk.device)
+        for grp in self.groups:
+            _accumulate_gram(grp, chunk, self.dtype)
+
+    def finish(self, num_samples: int) -> DenseBlockCurvature:
+        for grp in self.groups:
+            grp.matrix /= num_samples
+        return DenseBlockCurvature(self.layout, self.groups)
 
 
 def batched_symmetric_inverse(matrix: torch.Tensor) -> torch.Tensor:

@@ -1,64 +1,45 @@
-"""Diagonal curvature C = diag(F) + λI: the OBS frame with it is OBD (ρ_q = ½ C_qq w_q²)."""
+"""Diagonal curvature M = diag(F): the OBS frame with it is OBD (ρ_q = ½ C_qq w_q²)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-
 import torch
 
-from wfexplore.curvature.base import Curvature, resolve_damping
+from wfexplore.curvature.base import Curvature, Positions
 from wfexplore.params import ParameterLayout
 
 
 class DiagonalCurvature(Curvature):
-    """C = diag(values) with values = diag(M) + λ."""
+    """M = diag(values), e.g. values = diag(F) with F_qq = (1/m) Σ_n g_nq²."""
 
     kind = "diagonal"
+    is_diagonal = True
 
-    def __init__(self, layout: ParameterLayout, values: torch.Tensor, damping: float):
-        super().__init__(layout, damping)
+    def __init__(self, layout: ParameterLayout, values: torch.Tensor):
+        super().__init__(layout)
         if values.shape != (layout.dim,):
             raise ValueError(f"values: expected shape ({layout.dim},), got {tuple(values.shape)}")
         self.values = values
-
-    @classmethod
-    def from_gradients(
-        cls,
-        gradients: torch.Tensor | Iterable[torch.Tensor],
-        layout: ParameterLayout,
-        damping: float,
-        *,
-        relative_damping: bool = False,
-        dtype: torch.dtype = torch.float64,
-    ) -> DiagonalCurvature:
-        """diag(F) + λ with F_qq = (1/m) Σ_n g_nq², streamed over ``(c, d)`` gradient chunks."""
-        chunks = [gradients] if isinstance(gradients, torch.Tensor) else gradients
-        total, m = torch.zeros(layout.dim, dtype=dtype), 0
-        for chunk in chunks:
-            chunk = chunk.to(dtype)
-            total = total.to(chunk.device)
-            total += (chunk * chunk).sum(0)
-            m += chunk.shape[0]
-        if m == 0:
-            raise ValueError("gradients: no gradient samples were given")
-        fisher_diag = total / m
-        lam = resolve_damping(damping, relative_damping, float(fisher_diag.mean()))
-        return cls(layout, fisher_diag + lam, lam)
+        #: a zero (or negative) entry makes M singular: inverses then need λ > 0
+        self.requires_damping = not bool((values > 0).all())
 
     def diag(self) -> torch.Tensor:
         return self.values
 
-    def inverse_diag(self) -> torch.Tensor:
-        return 1.0 / self.values
+    def mv(self, vector: torch.Tensor) -> torch.Tensor:
+        return self.values * vector.to(self.values)
 
-    def inverse_mv(self, vector: torch.Tensor) -> torch.Tensor:
-        return vector.to(self.values) / self.values
+    def columns(self, block: int, positions: Positions) -> torch.Tensor:
+        return torch.diag_embed(self._block_values(block))[:, torch.as_tensor(positions)]
 
-    def inverse_columns(self, block: int, positions: Sequence[int] | torch.Tensor) -> torch.Tensor:
-        return torch.diag_embed(1.0 / self._block_values(block))[:, torch.as_tensor(positions)]
+    def _inverse_diag(self, damping: float) -> torch.Tensor:
+        return 1.0 / (self.values + damping)
 
-    def block(self, index: int) -> torch.Tensor:
-        return torch.diag_embed(self._block_values(index))
+    def _inverse_mv(self, vector: torch.Tensor, damping: float) -> torch.Tensor:
+        return vector.to(self.values) / (self.values + damping)
+
+    def _inverse_columns(self, block: int, positions: Positions, damping: float) -> torch.Tensor:
+        inverse = 1.0 / (self._block_values(block) + damping)
+        return torch.diag_embed(inverse)[:, torch.as_tensor(positions)]
 
     def memory_bytes(self) -> int:
         return self.values.numel() * self.values.element_size()
@@ -66,3 +47,19 @@ class DiagonalCurvature(Curvature):
     def _block_values(self, index: int) -> torch.Tensor:
         b = self.layout.blocks[index]
         return self.values[b.start : b.stop]
+
+
+class DiagonalAccumulator:
+    """Streams gradient chunks into diag(F) = (1/m) Σ_n g_n ∘ g_n."""
+
+    def __init__(self, layout: ParameterLayout, dtype: torch.dtype, **_):
+        self.layout, self.dtype, self.total = layout, dtype, None
+
+    def add(self, chunk: torch.Tensor) -> None:
+        chunk = chunk.to(self.dtype)
+        if self.total is None:
+            self.total = torch.zeros(self.layout.dim, dtype=self.dtype, device=chunk.device)
+        self.total += (chunk * chunk).sum(0)
+
+    def finish(self, num_samples: int) -> DiagonalCurvature:
+        return DiagonalCurvature(self.layout, self.total / num_samples)

@@ -1,4 +1,10 @@
-"""One call from a model and data to a curvature representation."""
+"""One entry point from a model and data to a curvature, in the representation asked for.
+
+``representation`` says how M is held (nngeometry's ``representation=``): the identity,
+the diagonal of the Fisher (OBD), dense Fisher blocks, the same blocks inverted by the
+paper's Woodbury recursion, low-rank (Gram-side) blocks, or K-FAC. The result is the
+undamped M; λ is given where the inverse is used (``inverse_diag(λ)``, ``damped(λ)``).
+"""
 
 from __future__ import annotations
 
@@ -10,95 +16,120 @@ from torch import nn
 
 from wfexplore._checks import one_of, positive_int
 from wfexplore.curvature.base import Curvature
-from wfexplore.curvature.dense import DEFAULT_MAX_MEMORY_GB, DenseBlockCurvature
-from wfexplore.curvature.diagonal import DiagonalCurvature
+from wfexplore.curvature.dense import DEFAULT_MAX_MEMORY_GB, DenseAccumulator, dense_memory_bytes
+from wfexplore.curvature.diagonal import DiagonalAccumulator
 from wfexplore.curvature.identity import IdentityCurvature
 from wfexplore.curvature.kfac import KFACCurvature
-from wfexplore.curvature.lowrank import LowRankCurvature
-from wfexplore.curvature.woodbury import woodbury_fisher
+from wfexplore.curvature.lowrank import GradientStore
+from wfexplore.curvature.woodbury import WoodburyAccumulator
 from wfexplore.gradients import LossFn, iter_gradient_chunks
 from wfexplore.params import BlockSpec, ParameterLayout
 
-FISHER_METHODS = ("identity", "diagonal", "dense", "woodbury", "lowrank", "kfac")
+_ACCUMULATORS = {
+    "diagonal": DiagonalAccumulator,
+    "dense": DenseAccumulator,
+    "woodbury": WoodburyAccumulator,
+    "lowrank": GradientStore,
+}
+REPRESENTATIONS = ("identity", *_ACCUMULATORS, "kfac")
+AUTO_DENSE_LIMIT_GB = 1.0
 
 
-def estimate_fisher(
-    model: nn.Module,
-    data: Iterable,
+def resolve_representation(representation: str, layout: ParameterLayout) -> str:
+    """``"auto"``: dense blocks when they fit in ``AUTO_DENSE_LIMIT_GB``, else low-rank."""
+    if representation != "auto":
+        return one_of(representation, "representation", (*REPRESENTATIONS, "auto"))
+    fits = dense_memory_bytes(layout) <= AUTO_DENSE_LIMIT_GB * 2**30
+    return "dense" if fits else "lowrank"
+
+
+def from_gradients(
+    gradients: torch.Tensor | Iterable[torch.Tensor],
+    layout: ParameterLayout,
+    representation: str = "dense",
     *,
-    method: str = "dense",
+    dtype: torch.dtype = torch.float64,
+    max_memory_gb: float = DEFAULT_MAX_MEMORY_GB,
+) -> Curvature:
+    """M = (1/m) Σ_n g_n g_nᵀ (block-diagonal) from the ``(m, d)`` gradient matrix G or an
+    iterable of its ``(c, d)`` row chunks, streamed once.
+
+    ``representation``: ``"diagonal"``, ``"dense"``, ``"woodbury"``, ``"lowrank"`` or
+    ``"auto"`` (see :func:`resolve_representation`).
+    """
+    representation = resolve_representation(representation, layout)
+    if representation not in _ACCUMULATORS:
+        raise ValueError(
+            f"representation {representation!r} is not built from gradient samples; choose "
+            f"one of {list(_ACCUMULATORS)} (or use estimate_curvature)"
+        )
+    chunks = [gradients] if isinstance(gradients, torch.Tensor) else gradients
+    sink = _ACCUMULATORS[representation](layout, dtype=dtype, max_memory_gb=max_memory_gb)
+    m = 0
+    for chunk in chunks:
+        if chunk.ndim != 2 or chunk.shape[1] != layout.dim:
+            raise ValueError(
+                f"gradients: expected rows of {layout.dim} entries, got a chunk of shape "
+                f"{tuple(chunk.shape)}"
+            )
+        if chunk.shape[0]:
+            sink.add(chunk)
+            m += chunk.shape[0]
+    if m == 0:
+        raise ValueError("gradients: no gradient samples were given")
+    return sink.finish(m)
+
+
+def estimate_curvature(
+    model: nn.Module,
+    data: Iterable | None,
+    *,
+    representation: str = "dense",
     layout: ParameterLayout | None = None,
     block_size: BlockSpec | None = None,
     num_samples: int = 256,
     batch_size: int = 1,
-    damping: float = 1e-5,
-    relative_damping: bool = False,
     fisher: str = "empirical",
     loss_fn: LossFn = F.cross_entropy,
     seed: int = 0,
+    keep: torch.Tensor | None = None,
     dtype: torch.dtype = torch.float64,
     max_memory_gb: float = DEFAULT_MAX_MEMORY_GB,
     progress: bool = True,
 ) -> Curvature:
-    """The dampened Fisher F_λ = (1/m) Σ_n g_n g_nᵀ + λI of ``model`` on ``data``.
+    """The Fisher M = (1/m) Σ_n g_n g_nᵀ of ``model`` on ``data``, held as ``representation``.
 
-    ``method`` picks the representation: ``"identity"`` (C = I, no gradients),
-    ``"diagonal"`` (OBD), ``"dense"`` (blocks, batched Cholesky), ``"woodbury"`` (blocks,
-    the paper's recursion), ``"lowrank"`` (Gram-side Woodbury, any block size), ``"kfac"``
-    (S ⊗ A + λI per Conv/Linear layer; needs ``block_size="layer"``).
+    ``representation`` is ``"identity"`` (M = I, no data needed), ``"diagonal"`` (OBD),
+    ``"dense"`` (blocks, batched Cholesky), ``"woodbury"`` (blocks, the paper's recursion),
+    ``"lowrank"`` (Gram-side Woodbury, any block size), ``"auto"`` (dense or low-rank by
+    memory) or ``"kfac"`` (S ⊗ A per Conv/Linear layer; needs ``block_size="layer"``).
     ``layout`` defaults to every Conv/Linear weight cut into blocks of ``block_size``
-    (default 128, and ``"layer"`` for ``"kfac"``).
-    ``damping`` is λ, or λ / mean(diag F) with ``relative_damping``. Gradient samples are
-    per-example (``batch_size=1``) or mini-batch means; note that mean gradients of b
-    examples shrink F by about 1/b, so λ must be re-tuned when b changes.
+    (default 128, and ``"layer"`` for ``"kfac"``). Gradient samples are per-example
+    (``batch_size=1``) or mini-batch means over the first ``num_samples × batch_size``
+    examples (mean gradients of b examples shrink F by about 1/b: re-tune λ when b
+    changes); ``fisher="true"`` draws labels from the model's predictive distribution.
+    ``keep`` (bool, length d) zeroes the gradient columns of pruned weights, so that M
+    couples them to nothing (not for K-FAC, whose Kronecker structure cannot hold a mask).
+    The result is undamped: pass λ to its inverse operations, or use ``.damped(λ)``.
     """
-    one_of(method, "method", FISHER_METHODS)
-    positive_int(num_samples, "num_samples", "e.g. num_samples=256")
+    one_of(representation, "representation", (*REPRESENTATIONS, "auto"))
     if layout is None:
         if block_size is None:
-            block_size = "layer" if method == "kfac" else 128
+            block_size = "layer" if representation == "kfac" else 128
         layout = ParameterLayout.from_model(model, block_size=block_size)
-    if method == "identity":
+    if representation == "identity":
         return IdentityCurvature(layout, dtype)
-    if method == "kfac":
-        return KFACCurvature.from_model(
-            model,
-            data,
-            layout,
-            num_samples,
-            damping,
-            batch_size=batch_size,
-            loss_fn=loss_fn,
-            fisher=fisher,
-            relative_damping=relative_damping,
-            seed=seed,
-            dtype=dtype,
-            progress=progress,
-        )
-    chunks = iter_gradient_chunks(
-        model,
-        data,
-        layout,
-        num_samples,
-        batch_size=batch_size,
-        loss_fn=loss_fn,
-        fisher=fisher,
-        seed=seed,
-        progress=progress,
-    )
-    common = {"relative_damping": relative_damping, "dtype": dtype}
-    if method == "diagonal":
-        return DiagonalCurvature.from_gradients(chunks, layout, damping, **common)
-    if method == "dense":
-        return DenseBlockCurvature.from_gradients(
-            chunks, layout, damping, max_memory_gb=max_memory_gb, **common
-        )
-    if method == "lowrank":
-        return LowRankCurvature.from_gradients(chunks, layout, damping, **common)
-    if relative_damping:
-        gradients = torch.cat(list(chunks))
-        mean_diag = float(gradients.to(dtype).pow(2).sum()) / gradients.numel()
-        damping, chunks = damping * mean_diag, gradients
-    return woodbury_fisher(
-        chunks, layout, damping, num_samples, dtype=dtype, max_memory_gb=max_memory_gb
-    )
+    positive_int(num_samples, "num_samples", "e.g. num_samples=256")
+    common = {
+        "batch_size": batch_size,
+        "loss_fn": loss_fn,
+        "fisher": fisher,
+        "seed": seed,
+        "progress": progress,
+    }
+    if representation == "kfac":
+        return KFACCurvature.from_model(model, data, layout, num_samples, dtype=dtype, **common)
+    chunks = iter_gradient_chunks(model, data, layout, num_samples, **common)
+    if keep is not None:
+        chunks = (chunk * keep.to(chunk) for chunk in chunks)
+    return from_gradients(chunks, layout, representation, dtype=dtype, max_memory_gb=max_memory_gb)

@@ -26,6 +26,7 @@ from wfexplore.curvature.dense import (
     check_dense_memory,
     group_blocks,
 )
+from wfexplore.examples import take_examples
 from wfexplore.gradients import LossFn
 from wfexplore.params import ParameterLayout
 
@@ -39,20 +40,18 @@ def hessian_blocks(
     *,
     loss_fn: LossFn = F.cross_entropy,
     num_examples: int | None = None,
-    damping: float = 0.0,
     max_block_size: int = DEFAULT_MAX_BLOCK_SIZE,
     max_memory_gb: float = DEFAULT_MAX_MEMORY_GB,
     basis_chunk: int = 128,
     dtype: torch.dtype = torch.float64,
     progress: bool = True,
 ) -> DenseBlockCurvature:
-    """Exact Hessian blocks H_BB (+ ``damping``·I) of the mean loss over the data.
+    """Exact Hessian blocks H_BB of the mean loss over the data (undamped; C = H + λI through
+    ``inverse_*(…, λ)`` or ``.damped(λ)``, Cholesky where positive definite, else LU).
 
     ``num_examples`` limits the data used (default: all of it). Blocks larger than
     ``max_block_size`` are refused with their estimated memory; raise the limit to allow them.
     """
-    if not (damping >= 0 and damping < float("inf")):
-        raise ValueError(f"damping must be finite and ≥ 0 for a Hessian, got {damping!r}")
     largest = max(layout.blocks, key=lambda b: b.size)
     if largest.size > max_block_size:
         name = layout.parameters[largest.layer].name
@@ -76,7 +75,12 @@ def hessian_blocks(
         out = functional_call(work, (layout.unflatten(w), fixed, buffers), (x,))
         return loss_fn(out, y)
 
-    batches = _take_examples(data, num_examples, device, dtype)
+    if num_examples is not None:
+        positive_int(num_examples, "num_examples", "or None to use all the data")
+    batches = [
+        (x.to(device=device, dtype=dtype if x.is_floating_point() else x.dtype), y.to(device))
+        for x, y in take_examples(data, num_examples)
+    ]
     total = sum(x.shape[0] for x, _ in batches)
 
     def hvp(v: torch.Tensor) -> torch.Tensor:
@@ -91,9 +95,7 @@ def hessian_blocks(
         # torch loads its forward-mode decompositions through the deprecated torch.jit.script
         warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
         _fill_blocks(groups, hvp, layout, dtype, device, basis_chunk, progress)
-    for grp in groups:
-        grp.matrix.diagonal(dim1=1, dim2=2).add_(damping)
-    return DenseBlockCurvature(layout, groups, damping, kind="hessian")
+    return DenseBlockCurvature(layout, groups, kind="hessian", requires_damping=False)
 
 
 def _fill_blocks(groups, hvp, layout, dtype, device, basis_chunk: int, progress: bool) -> None:
@@ -117,22 +119,3 @@ def _fill_blocks(groups, hvp, layout, dtype, device, basis_chunk: int, progress:
             bar.update(len(pairs))
         grp.matrix = (grp.matrix + grp.matrix.transpose(1, 2)) / 2
     bar.close()
-
-
-def _take_examples(data: Iterable, num_examples: int | None, device, dtype):
-    if num_examples is not None:
-        positive_int(num_examples, "num_examples", "or None to use all the data")
-    batches, held = [], 0
-    for x, y, *_ in data:
-        if num_examples is not None:
-            x, y = x[: num_examples - held], y[: num_examples - held]
-        x = x.to(device=device, dtype=dtype if x.is_floating_point() else x.dtype)
-        batches.append((x, y.to(device)))
-        held += x.shape[0]
-        if num_examples is not None and held >= num_examples:
-            break
-    if held == 0:
-        raise ValueError("data: yielded no examples")
-    if num_examples is not None and held < num_examples:
-        raise ValueError(f"num_examples={num_examples} but data holds only {held}; lower it")
-    return batches

@@ -17,7 +17,7 @@ positions). A bias is its own block (its own parameter in the layout) with A = [
 F_b ≈ S. With mini-batch-mean gradient samples (``batch_size=b``) s is the gradient of
 the group's mean loss, which scales S by 1/b, as it scales the empirical Fisher.
 
-Damping is exact: C = S ⊗ A + λI. With S = U_S diag(σ) U_Sᵀ and A = U_A diag(α) U_Aᵀ,
+Damping is exact: C = M + λI = S ⊗ A + λI. With S = U_S diag(σ) U_Sᵀ and A = U_A diag(α) U_Aᵀ,
 C = (U_S ⊗ U_A) diag(σ ⊗ α + λ) (U_S ⊗ U_A)ᵀ, hence with D_jk = 1/(σ_j α_k + λ)
 
     diag(C⁻¹) = vec((U_S∘U_S) D (U_A∘U_A)ᵀ),   C⁻¹ vec(V) = vec(U_S[(U_Sᵀ V U_A) ∘ D]U_Aᵀ),
@@ -37,7 +37,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from wfexplore._checks import one_of, positive_int
-from wfexplore.curvature.base import Curvature, resolve_damping
+from wfexplore.curvature.base import Curvature, Positions
 from wfexplore.gradients import FISHER_KINDS, LossFn, iter_example_chunks
 from wfexplore.params import ParameterLayout
 
@@ -78,15 +78,14 @@ class KroneckerFactors:
 
 
 class KFACCurvature(Curvature):
-    """C = blockdiag(S_ℓ ⊗ A_ℓ + λI) over the analysed Conv/Linear parameters, one block each."""
+    """M = blockdiag(S_ℓ ⊗ A_ℓ) over the analysed Conv/Linear parameters, one block each."""
 
     kind = "kfac"
+    requires_damping = True
 
-    def __init__(
-        self, layout: ParameterLayout, factors: Sequence[KroneckerFactors], damping: float
-    ):
+    def __init__(self, layout: ParameterLayout, factors: Sequence[KroneckerFactors]):
         check_kfac_layout(layout)
-        super().__init__(layout, damping)
+        super().__init__(layout)
         if len(factors) != len(layout.parameters):
             raise ValueError(
                 f"factors: expected one per parameter ({len(layout.parameters)}), "
@@ -100,7 +99,6 @@ class KFACCurvature(Curvature):
                 )
         self.factors = list(factors)
 
-    # --- construction ----------------------------------------------------------------------
     @classmethod
     def from_model(
         cls,
@@ -108,67 +106,62 @@ class KFACCurvature(Curvature):
         data: Iterable,
         layout: ParameterLayout,
         num_samples: int,
-        damping: float,
-        *,
-        batch_size: int = 1,
-        loss_fn: LossFn = F.cross_entropy,
-        fisher: str = "empirical",
-        relative_damping: bool = False,
-        seed: int = 0,
-        dtype: torch.dtype = torch.float64,
-        chunk_size: int = DEFAULT_CHUNK_EXAMPLES,
-        progress: bool = True,
+        **options,
     ) -> KFACCurvature:
         """Estimate A and S on the first ``num_samples × batch_size`` examples of ``data``.
 
-        The model is copied and run in eval mode (the caller's model is untouched). λ is
-        ``damping``, or ``damping × mean(diag(S ⊗ A))`` with ``relative_damping``.
+        The model is copied and run in eval mode (the caller's model is untouched);
+        ``options`` are those of :func:`kronecker_factors`.
         """
-        factors, mean_diag = kronecker_factors(
-            model,
-            data,
-            layout,
-            num_samples,
-            batch_size=batch_size,
-            loss_fn=loss_fn,
-            fisher=fisher,
-            seed=seed,
-            dtype=dtype,
-            chunk_size=chunk_size,
-            progress=progress,
-        )
-        lam = resolve_damping(damping, relative_damping, mean_diag)
-        return cls(layout, factors, lam)
+        return cls(layout, kronecker_factors(model, data, layout, num_samples, **options))
 
-    def with_damping(self, damping: float) -> KFACCurvature:
-        """The same factors with another absolute λ (no recomputation, no copy)."""
-        return KFACCurvature(self.layout, self.factors, resolve_damping(damping, False, 1.0))
-
-    # --- the interface -----------------------------------------------------------------------
+    # --- forward ---------------------------------------------------------------------------
     def diag(self) -> torch.Tensor:
         return torch.cat(
             [torch.outer(f.S.diagonal(), f.A.diagonal()).reshape(-1) for f in self.factors]
-        ).add(self.damping)
+        )
 
-    def inverse_diag(self) -> torch.Tensor:
+    def mean_diagonal(self) -> float:
+        total = sum(float(f.S.diagonal().sum() * f.A.diagonal().sum()) for f in self.factors)
+        return total / self.dim
+
+    def mv(self, vector: torch.Tensor) -> torch.Tensor:
+        """M v = vec(S V A), blockwise."""
+        return self._blockwise(vector, lambda f, v: f.S @ v @ f.A)
+
+    def columns(self, block: int, positions: Positions) -> torch.Tensor:
+        """Columns ``positions`` of the block S ⊗ A; column (o, i) is vec(S[:, o] A[i])."""
+        f = self.factors[block]
+        in_dim = f.shape[1]
+        positions = torch.as_tensor(positions, dtype=torch.long, device=f.A.device)
+        s_cols, a_rows = f.S[:, positions // in_dim], f.A[positions % in_dim]  # (out, k), (k, in)
+        return (s_cols.T[:, :, None] * a_rows[:, None, :]).reshape(len(positions), -1).T
+
+    def block(self, index: int) -> torch.Tensor:
+        self._check_display(index, "use columns or the factors instead")
+        f = self.factors[index]
+        return torch.kron(f.S, f.A)
+
+    # --- inverse ---------------------------------------------------------------------------
+    def _inverse_diag(self, damping: float) -> torch.Tensor:
         parts = []
         for f in self.factors:
-            inv = (f.vec_S * f.vec_S) @ f.scale(self.damping) @ (f.vec_A * f.vec_A).T
+            inv = (f.vec_S * f.vec_S) @ f.scale(damping) @ (f.vec_A * f.vec_A).T
             parts.append(inv.reshape(-1))
         return torch.cat(parts)
 
-    def inverse_mv(self, vector: torch.Tensor) -> torch.Tensor:
-        return self._blockwise(vector, self._inverse_mv_block)
+    def _inverse_mv(self, vector: torch.Tensor, damping: float) -> torch.Tensor:
+        def solve(f: KroneckerFactors, v: torch.Tensor) -> torch.Tensor:
+            rotated = f.vec_S.T @ v @ f.vec_A
+            return f.vec_S @ (rotated * f.scale(damping)) @ f.vec_A.T
 
-    def mv(self, vector: torch.Tensor) -> torch.Tensor:
-        """C v = vec(S V A) + λv, blockwise."""
-        return self._blockwise(vector, lambda f, v: f.S @ v @ f.A + self.damping * v)
+        return self._blockwise(vector, solve)
 
-    def inverse_columns(self, block: int, positions: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    def _inverse_columns(self, block: int, positions: Positions, damping: float) -> torch.Tensor:
         f = self.factors[block]
         out_dim, in_dim = f.shape
         positions = torch.as_tensor(positions, dtype=torch.long, device=f.A.device)
-        scale = f.scale(self.damping)
+        scale = f.scale(damping)
         cols = torch.empty(out_dim * in_dim, len(positions), dtype=f.A.dtype, device=f.A.device)
         step = max(1, COLUMN_CHUNK_BYTES // (3 * 8 * out_dim * in_dim))
         for a in range(0, len(positions), step):
@@ -178,44 +171,21 @@ class KFACCurvature(Curvature):
             cols[:, a : a + step] = (f.vec_S @ inner @ f.vec_A.T).reshape(len(pos), -1).T
         return cols
 
-    def columns(self, block: int, positions: Sequence[int] | torch.Tensor) -> torch.Tensor:
-        """Columns ``positions`` of the block C = S ⊗ A + λI; column (o, i) is vec(S[:, o] A[i])."""
-        f = self.factors[block]
-        in_dim = f.shape[1]
-        positions = torch.as_tensor(positions, dtype=torch.long, device=f.A.device)
-        s_cols, a_rows = f.S[:, positions // in_dim], f.A[positions % in_dim]  # (out, k), (k, in)
-        cols = (s_cols.T[:, :, None] * a_rows[:, None, :]).reshape(len(positions), -1).T
-        cols[positions, torch.arange(len(positions), device=cols.device)] += self.damping
-        return cols
-
-    def block(self, index: int) -> torch.Tensor:
-        size = self.layout.blocks[index].size
-        if size > DISPLAY_BLOCK_LIMIT:
-            raise ValueError(
-                f"block {index} has {size} weights; a dense copy of S ⊗ A is only made for blocks "
-                f"of at most {DISPLAY_BLOCK_LIMIT}; use inverse_columns or the factors instead"
-            )
-        f = self.factors[index]
-        dense = torch.kron(f.S, f.A)
-        dense.diagonal().add_(self.damping)
-        return dense
-
-    def inverse_block(self, index: int) -> torch.Tensor:
-        size = self.layout.blocks[index].size
-        if size > DISPLAY_BLOCK_LIMIT:
-            raise ValueError(
-                f"block {index} has {size} weights; a dense inverse is only made for blocks of at "
-                f"most {DISPLAY_BLOCK_LIMIT}; use inverse_columns instead"
-            )
-        return super().inverse_block(index)
+    def _inverse_block(self, index: int, damping: float) -> torch.Tensor:
+        self._check_display(index, "use inverse_columns instead")
+        return super()._inverse_block(index, damping)
 
     def memory_bytes(self) -> int:
         return sum(f.nbytes() for f in self.factors)
 
     # --- helpers -------------------------------------------------------------------------
-    def _inverse_mv_block(self, f: KroneckerFactors, v: torch.Tensor) -> torch.Tensor:
-        rotated = f.vec_S.T @ v @ f.vec_A
-        return f.vec_S @ (rotated * f.scale(self.damping)) @ f.vec_A.T
+    def _check_display(self, index: int, instead: str) -> None:
+        size = self.layout.blocks[index].size
+        if size > DISPLAY_BLOCK_LIMIT:
+            raise ValueError(
+                f"block {index} has {size} weights; a dense copy of a Kronecker block is only "
+                f"made for blocks of at most {DISPLAY_BLOCK_LIMIT}; {instead}"
+            )
 
     def _blockwise(self, vector: torch.Tensor, op) -> torch.Tensor:
         if vector.shape != (self.dim,):
@@ -294,8 +264,8 @@ def kronecker_factors(
     dtype: torch.dtype = torch.float64,
     chunk_size: int = DEFAULT_CHUNK_EXAMPLES,
     progress: bool = True,
-) -> tuple[list[KroneckerFactors], float]:
-    """The factors (A, S) of every analysed parameter, and the mean of diag(S ⊗ A) over w.
+) -> list[KroneckerFactors]:
+    """The factors (A, S) of every analysed parameter.
 
     One forward and one backward pass per chunk of examples on an eval-mode copy: inputs of
     the layers are caught by forward hooks, output gradients by ``torch.autograd.grad`` of
@@ -365,17 +335,16 @@ def kronecker_factors(
         for h in handles:
             h.remove()
 
-    factors, total = [], 0.0
+    factors = []
     one = torch.ones(1, 1, dtype=dtype, device=device)
     for p in layout.parameters:
         S = sums_S[p.module_name] / seen
         is_bias = p.name.rpartition(".")[2] == "bias"
         A = one if is_bias else sums_A[p.module_name] / (seen * batch_size)
-        factors.append(KroneckerFactors.from_factors(A, S))
-        total += float(S.diagonal().sum() * A.diagonal().sum())
-    for f, p in zip(factors, layout.parameters, strict=True):
-        if not (torch.isfinite(f.A).all() and torch.isfinite(f.S).all()):
+        if not (torch.isfinite(A).all() and torch.isfinite(S).all()):
             raise FloatingPointError(
-                f"non-finite K-FAC factors for {p.name}; check the model's outputs and loss"
+                f"non-finite K-FAC factors for {p.name}; check the model's outputs, inputs and "
+                "loss for NaN/inf"
             )
-    return factors, total / layout.dim
+        factors.append(KroneckerFactors.from_factors(A, S))
+    return factors

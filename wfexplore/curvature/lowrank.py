@@ -1,12 +1,14 @@
 """Low-rank Fisher blocks through the Gram side of the Woodbury identity (the M-FAC idea).
 
-For a block B with gradient columns G_B ∈ R^{m×|B|} and K_B = mλI + G_B G_Bᵀ (m×m):
+For a block B with gradient columns G_B ∈ R^{m×|B|}, M_B = G_BᵀG_B/m and
+K_B = mλI + G_B G_Bᵀ (m×m):
 
     (λI + G_BᵀG_B/m)⁻¹ = λ⁻¹[I − G_Bᵀ K_B⁻¹ G_B],
     [F_λ⁻¹]_qq = λ⁻¹(1 − ‖L_B⁻¹ g_q‖²)  with K_B = L_B L_Bᵀ and g_q column q of G_B.
 
-Only G (m×d, kept in the gradients' dtype) and one m×m Cholesky factor per block are
-held, so blocks can be whole layers or the whole model: O(m·d) memory, never |B|².
+Only G (m×d, kept in the gradients' dtype) and, for the last λ asked for, one m×m
+Cholesky factor per block are held, so blocks can be whole layers or the whole model:
+O(m·d) memory, never |B|².
 Products with G_B run in ``dtype`` (float64 by default) over column chunks. The two
 O(m²d) products, G_B G_Bᵀ and L_B⁻¹ G_B, skip the blocks of rows that symmetry or
 triangularity make redundant, about 5/8 of the work of plain matrix products.
@@ -14,11 +16,9 @@ triangularity make redundant, about 5/8 of the work of plain matrix products.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-
 import torch
 
-from wfexplore.curvature.base import Curvature, resolve_damping
+from wfexplore.curvature.base import Curvature, Positions
 from wfexplore.params import ParameterLayout
 
 COLUMN_CHUNK_BYTES = 64 * 2**20
@@ -26,19 +26,19 @@ DISPLAY_BLOCK_LIMIT = 8192
 
 
 class LowRankCurvature(Curvature):
-    """F_λ = λI + GᵀG/m per block, represented by G and the factors of K_B = mλI + G_B G_Bᵀ."""
+    """M = GᵀG/m per block, represented by G; (M + λI)⁻¹ through K_B = mλI + G_B G_Bᵀ."""
 
     kind = "lowrank"
+    requires_damping = True
 
     def __init__(
         self,
         layout: ParameterLayout,
         gradients: torch.Tensor,
-        damping: float,
         *,
         dtype: torch.dtype = torch.float64,
     ):
-        super().__init__(layout, damping)
+        super().__init__(layout)
         if gradients.ndim != 2 or gradients.shape[1] != layout.dim:
             raise ValueError(
                 f"gradients: expected shape (m, {layout.dim}), got {tuple(gradients.shape)}"
@@ -51,70 +51,31 @@ class LowRankCurvature(Curvature):
             torch.empty(self.num_samples, self._columns, dtype=dtype, device=gradients.device)
             for _ in range(2)
         ]
-        self.factors = [self._factor(b.start, b.stop) for b in layout.blocks]
+        self._factors: dict[float, list[torch.Tensor]] = {}
 
-    @classmethod
-    def from_gradients(
-        cls,
-        gradients: torch.Tensor | Iterable[torch.Tensor],
-        layout: ParameterLayout,
-        damping: float,
-        *,
-        relative_damping: bool = False,
-        dtype: torch.dtype = torch.float64,
-    ) -> LowRankCurvature:
-        """Build from the ``(m, d)`` gradient matrix or an iterable of its row chunks."""
-        g = gradients if isinstance(gradients, torch.Tensor) else torch.cat(list(gradients))
-        if g.shape[0] == 0:
-            raise ValueError("gradients: no gradient samples were given")
-        mean_diag = (
-            sum(float(part.to(dtype).square().sum()) for part in g.split(4096, dim=1)) / g.numel()
-            if relative_damping
-            else float("nan")
-        )
-        return cls(layout, g, resolve_damping(damping, relative_damping, mean_diag), dtype=dtype)
-
-    # --- the interface -----------------------------------------------------------------------
+    # --- forward ---------------------------------------------------------------------------
     def diag(self) -> torch.Tensor:
         out = torch.empty(self.dim, dtype=self.dtype, device=self.gradients.device)
         for start, stop in self._column_chunks(0, self.dim):
-            g = self._cols(start, stop)
-            out[start:stop] = self.damping + g.pow(2).sum(0) / self.num_samples
+            out[start:stop] = self._cols(start, stop).pow(2).sum(0) / self.num_samples
         return out
 
-    def inverse_diag(self) -> torch.Tensor:
-        out = torch.empty(self.dim, dtype=self.dtype, device=self.gradients.device)
-        for b, chol in zip(self.layout.blocks, self.factors, strict=True):
-            eye = torch.eye(self.num_samples, dtype=self.dtype, device=chol.device)
-            chol_inv = torch.linalg.solve_triangular(chol, eye, upper=False)
-            for start, stop in self._column_chunks(b.start, b.stop):
-                w = _lower_times(chol_inv, self._cols(start, stop), self._buffers[1])
-                out[start:stop] = (1.0 - w.square_().sum(0)) / self.damping
-        return out
-
-    def inverse_mv(self, vector: torch.Tensor) -> torch.Tensor:
+    def mv(self, vector: torch.Tensor) -> torch.Tensor:
         vector = vector.to(dtype=self.dtype, device=self.gradients.device)
         out = torch.empty_like(vector)
-        for b, chol in zip(self.layout.blocks, self.factors, strict=True):
-            gv = torch.zeros(self.num_samples, 1, dtype=self.dtype, device=vector.device)
-            for start, stop in self._column_chunks(b.start, b.stop):
-                gv += self._cols(start, stop) @ vector[start:stop, None]
-            s = torch.cholesky_solve(gv, chol)
-            for start, stop in self._column_chunks(b.start, b.stop):
-                gts = (self._cols(start, stop).T @ s)[:, 0]
-                out[start:stop] = (vector[start:stop] - gts) / self.damping
+        for b in self.layout.blocks:
+            gv = self._times(b.start, b.stop, vector[b.start : b.stop, None])
+            part = out[b.start : b.stop].unsqueeze(1)  # a view: written in place
+            self._transpose_times(b.start, b.stop, gv / self.num_samples, part)
         return out
 
-    def inverse_columns(self, block: int, positions: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    def columns(self, block: int, positions: Positions) -> torch.Tensor:
         b = self.layout.blocks[block]
         positions = torch.as_tensor(positions, dtype=torch.long, device=self.gradients.device)
         chosen = self.gradients[:, b.start + positions].to(self.dtype)  # (m, k)
-        s = torch.cholesky_solve(chosen, self.factors[block])
         cols = torch.empty(b.size, len(positions), dtype=self.dtype, device=chosen.device)
-        for start, stop in self._column_chunks(b.start, b.stop):
-            cols[start - b.start : stop - b.start] = -(self._cols(start, stop).T @ s)
-        cols[positions, torch.arange(len(positions), device=cols.device)] += 1.0
-        return cols / self.damping
+        self._transpose_times(b.start, b.stop, chosen / self.num_samples, cols)
+        return cols
 
     def block(self, index: int) -> torch.Tensor:
         b = self.layout.blocks[index]
@@ -124,22 +85,77 @@ class LowRankCurvature(Curvature):
                 f"most {DISPLAY_BLOCK_LIMIT}; use a layout with a smaller block_size for display"
             )
         g = self.gradients[:, b.start : b.stop].to(self.dtype)
-        dense = g.T @ g / self.num_samples
-        dense.diagonal().add_(self.damping)
-        return dense
+        return g.T @ g / self.num_samples
+
+    # --- inverse ---------------------------------------------------------------------------
+    def _inverse_diag(self, damping: float) -> torch.Tensor:
+        out = torch.empty(self.dim, dtype=self.dtype, device=self.gradients.device)
+        for b, chol in zip(self.layout.blocks, self.factors(damping), strict=True):
+            eye = torch.eye(self.num_samples, dtype=self.dtype, device=chol.device)
+            chol_inv = torch.linalg.solve_triangular(chol, eye, upper=False)
+            for start, stop in self._column_chunks(b.start, b.stop):
+                w = _lower_times(chol_inv, self._cols(start, stop), self._buffers[1])
+                out[start:stop] = (1.0 - w.square_().sum(0)) / damping
+        return out
+
+    def _inverse_mv(self, vector: torch.Tensor, damping: float) -> torch.Tensor:
+        vector = vector.to(dtype=self.dtype, device=self.gradients.device)
+        out = torch.empty_like(vector)
+        for b, chol in zip(self.layout.blocks, self.factors(damping), strict=True):
+            v = vector[b.start : b.stop]
+            s = torch.cholesky_solve(self._times(b.start, b.stop, v[:, None]), chol)
+            gts = torch.empty(b.size, 1, dtype=self.dtype, device=vector.device)
+            self._transpose_times(b.start, b.stop, s, gts)
+            out[b.start : b.stop] = (v - gts[:, 0]) / damping
+        return out
+
+    def _inverse_columns(self, block: int, positions: Positions, damping: float) -> torch.Tensor:
+        b = self.layout.blocks[block]
+        positions = torch.as_tensor(positions, dtype=torch.long, device=self.gradients.device)
+        chosen = self.gradients[:, b.start + positions].to(self.dtype)  # (m, k)
+        s = torch.cholesky_solve(chosen, self.factors(damping)[block])
+        cols = torch.empty(b.size, len(positions), dtype=self.dtype, device=chosen.device)
+        self._transpose_times(b.start, b.stop, -s, cols)
+        cols[positions, torch.arange(len(positions), device=cols.device)] += 1.0
+        return cols / damping
 
     def memory_bytes(self) -> int:
-        held = self.gradients.numel() * self.gradients.element_size()
-        return held + sum(f.numel() * f.element_size() for f in self.factors)
+        held = [self.gradients]
+        held += [f for per_block in self._factors.values() for f in per_block]
+        return sum(t.numel() * t.element_size() for t in held)
+
+    def factors(self, damping: float) -> list[torch.Tensor]:
+        """Cholesky factors L_B of K_B = mλI + G_B G_Bᵀ, kept for the last λ asked for."""
+        lam = self.absolute_damping(damping)
+        if lam not in self._factors:
+            self._factors.clear()  # one λ at a time: the factors are as large as the Grams
+            factors = []
+            for b in self.layout.blocks:
+                gram = self._gram(b.start, b.stop)
+                gram.diagonal().add_(self.num_samples * lam)
+                factors.append(torch.linalg.cholesky(gram))
+            self._factors[lam] = factors
+        return self._factors[lam]
 
     # --- helpers -------------------------------------------------------------------------
-    def _factor(self, start: int, stop: int) -> torch.Tensor:
+    def _gram(self, start: int, stop: int) -> torch.Tensor:
         m = self.num_samples
         gram = torch.zeros(m, m, dtype=self.dtype, device=self.gradients.device)
         for a, z in self._column_chunks(start, stop):
             gram += _gram(self._cols(a, z))
-        gram.diagonal().add_(m * self.damping)
-        return torch.linalg.cholesky(gram)
+        return gram
+
+    def _times(self, start: int, stop: int, v: torch.Tensor) -> torch.Tensor:
+        """G[:, start:stop] v for a (stop − start, k) matrix v: (m, k)."""
+        out = torch.zeros(self.num_samples, v.shape[1], dtype=self.dtype, device=v.device)
+        for a, z in self._column_chunks(start, stop):
+            out += self._cols(a, z) @ v[a - start : z - start]
+        return out
+
+    def _transpose_times(self, start: int, stop: int, s: torch.Tensor, out: torch.Tensor) -> None:
+        """out = G[:, start:stop]ᵀ s for a (m, k) matrix s, written into ``out``."""
+        for a, z in self._column_chunks(start, stop):
+            out[a - start : z - start] = self._cols(a, z).T @ s
 
     def _cols(self, start: int, stop: int) -> torch.Tensor:
         """G[:, start:stop] in ``dtype``, in a reused buffer (valid until the next call)."""
@@ -150,6 +166,20 @@ class LowRankCurvature(Curvature):
     def _column_chunks(self, start: int, stop: int):
         for a in range(start, stop, self._columns):
             yield a, min(a + self._columns, stop)
+
+
+class GradientStore:
+    """Collects gradient chunks into the (m, d) matrix G that low-rank blocks hold."""
+
+    def __init__(self, layout: ParameterLayout, dtype: torch.dtype, **_):
+        self.layout, self.dtype, self.chunks = layout, dtype, []
+
+    def add(self, chunk: torch.Tensor) -> None:
+        self.chunks.append(chunk)
+
+    def finish(self, num_samples: int) -> LowRankCurvature:
+        g = self.chunks[0] if len(self.chunks) == 1 else torch.cat(self.chunks)
+        return LowRankCurvature(self.layout, g, dtype=self.dtype)
 
 
 ROW_PARTS = 4

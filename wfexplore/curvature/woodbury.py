@@ -3,66 +3,61 @@
 F_0⁻¹ = λ⁻¹I,  F_k⁻¹ = F_{k-1}⁻¹ − (F_{k-1}⁻¹ g_k)(F_{k-1}⁻¹ g_k)ᵀ / (m + g_kᵀ F_{k-1}⁻¹ g_k).
 
 After m steps F_m⁻¹ = (λI + (1/m) Σ g gᵀ)⁻¹ exactly (in exact arithmetic). Kept as the
-faithful reference for :meth:`DenseBlockCurvature.from_gradients`, which reaches the
-same inverse with matrix products and one factorisation; the recursion is vectorised
-over blocks, sequential over gradients.
+faithful reference for the dense blocks (:class:`~wfexplore.curvature.dense.DenseBlockCurvature`),
+which reach the same inverse with matrix products and one factorisation. The recursion is
+run once per λ asked for, vectorised over blocks and sequential over gradients, so the
+gradients are held.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import torch
 
-from wfexplore._checks import positive_float, positive_int
 from wfexplore.curvature.dense import (
-    DEFAULT_MAX_MEMORY_GB,
+    BlockGroup,
+    DenseAccumulator,
     DenseBlockCurvature,
-    check_dense_memory,
-    group_blocks,
 )
 from wfexplore.params import ParameterLayout
 
 
-def woodbury_fisher(
-    gradients: torch.Tensor | Iterable[torch.Tensor],
-    layout: ParameterLayout,
-    damping: float,
-    num_samples: int | None = None,
-    *,
-    dtype: torch.dtype = torch.float64,
-    max_memory_gb: float = DEFAULT_MAX_MEMORY_GB,
-) -> DenseBlockCurvature:
-    """Dense blocks of F_λ whose inverses come from the Woodbury recursion.
+class WoodburyCurvature(DenseBlockCurvature):
+    """Dense Fisher blocks whose inverses come from the Woodbury recursion over G."""
 
-    ``gradients`` is the ``(m, d)`` matrix or an iterable of ``(c, d)`` chunks, in which
-    case ``num_samples`` (m, needed by every step) must be given. λ is absolute.
-    """
-    lam = positive_float(damping, "damping", "e.g. damping=1e-5")
-    if isinstance(gradients, torch.Tensor):
-        num_samples = gradients.shape[0] if num_samples is None else num_samples
-        gradients = [gradients]
-    elif num_samples is None:
-        raise ValueError("num_samples: the recursion needs m up front when gradients are chunks")
-    m = positive_int(num_samples, "num_samples", "pass the number of gradient samples")
-    check_dense_memory(layout, max_memory_gb)
-    groups, seen = None, 0
-    for chunk in gradients:
-        if groups is None:
-            groups = group_blocks(layout, chunk.device)
-            for grp in groups:
-                n, s = grp.index.shape
-                eye = torch.eye(s, dtype=dtype, device=chunk.device).repeat(n, 1, 1)
-                grp.inverse = eye / lam
-                grp.matrix = eye * lam
-        for grp in groups:
-            g_all = chunk[:, grp.index].to(dtype)  # (c, n, s)
-            grp.matrix.baddbmm_(g_all.permute(1, 2, 0), g_all.transpose(0, 1), alpha=1.0 / m)
-            for g in g_all:
-                u = torch.bmm(grp.inverse, g.unsqueeze(-1))  # (n, s, 1)
-                denom = m + (g.unsqueeze(1) @ u)  # (n, 1, 1)
-                grp.inverse.baddbmm_(u, (u / denom).transpose(1, 2), alpha=-1.0)
-        seen += chunk.shape[0]
-    if seen != m:
-        raise ValueError(f"num_samples={m} but the gradients held {seen} samples")
-    return DenseBlockCurvature(layout, groups, lam, kind="woodbury")
+    def __init__(self, layout: ParameterLayout, groups: list[BlockGroup], gradients: torch.Tensor):
+        super().__init__(layout, groups, kind="woodbury")
+        self.gradients = gradients
+
+    def memory_bytes(self) -> int:
+        return super().memory_bytes() + self.gradients.numel() * self.gradients.element_size()
+
+    def _invert(self, damping: float) -> list[torch.Tensor]:
+        m = self.gradients.shape[0]
+        out = []
+        for grp in self.groups:
+            n, s = grp.index.shape
+            dtype, device = grp.matrix.dtype, grp.matrix.device
+            inverse = torch.eye(s, dtype=dtype, device=device).repeat(n, 1, 1) / damping
+            for chunk in self.gradients.split(256):
+                for g in chunk[:, grp.index].to(dtype):  # (n, s) per gradient
+                    u = torch.bmm(inverse, g.unsqueeze(-1))  # (n, s, 1)
+                    denom = m + (g.unsqueeze(1) @ u)  # (n, 1, 1)
+                    inverse.baddbmm_(u, (u / denom).transpose(1, 2), alpha=-1.0)
+            out.append(inverse)
+        return out
+
+
+class WoodburyAccumulator(DenseAccumulator):
+    """Dense blocks F_B = G_Bᵀ G_B / m, holding G for the recursion."""
+
+    def __init__(self, layout: ParameterLayout, dtype: torch.dtype, max_memory_gb: float, **_):
+        super().__init__(layout, dtype, max_memory_gb)
+        self.chunks: list[torch.Tensor] = []
+
+    def add(self, chunk: torch.Tensor) -> None:
+        super().add(chunk)
+        self.chunks.append(chunk)
+
+    def finish(self, num_samples: int) -> WoodburyCurvature:
+        dense = super().finish(num_samples)
+        return WoodburyCurvature(self.layout, dense.groups, torch.cat(self.chunks))

@@ -6,37 +6,50 @@ summed single-weight OBS, exact group OBS), recomputation steps, sweeps and sens
 """
 
 from wfexplore.pruning.estimation import (
+    DIAGONAL_METHODS,
     METHODS,
     REPRESENTATIONS,
     PruningSettings,
-    estimate_curvature,
+    effective_update,
+    method_curvature,
     take_examples,
 )
 from wfexplore.pruning.evaluation import evaluate_model, recalibrate_batchnorm
 from wfexplore.pruning.masks import SCOPES, keep_masks, select_pruned
-from wfexplore.pruning.prune import PruningResult, polynomial_schedule, prune_model
+from wfexplore.pruning.prune import (
+    PruningResult,
+    PruningSchedule,
+    RunOptions,
+    polynomial_schedule,
+    prune_model,
+)
 from wfexplore.pruning.saliency import Saliency, compute_saliency, obs_saliency
 from wfexplore.pruning.sensitivity import global_allocation, layer_sensitivity, mask_overlap
-from wfexplore.pruning.sweeps import sweep
+from wfexplore.pruning.sweeps import SweepGrid, sweep
 from wfexplore.pruning.updates import UPDATES, WeightUpdate, group_update, update_weights
 
 __all__ = [
+    "DIAGONAL_METHODS",
     "METHODS",
     "REPRESENTATIONS",
     "SCOPES",
     "UPDATES",
     "PruningResult",
+    "PruningSchedule",
     "PruningSettings",
+    "RunOptions",
     "Saliency",
+    "SweepGrid",
     "WeightUpdate",
     "compute_saliency",
-    "estimate_curvature",
+    "effective_update",
     "evaluate_model",
     "global_allocation",
     "group_update",
     "keep_masks",
     "layer_sensitivity",
     "mask_overlap",
+    "method_curvature",
     "obs_saliency",
     "polynomial_schedule",
     "prune_model",

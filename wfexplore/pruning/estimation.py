@@ -20,26 +20,27 @@ pruned model as they are.)
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from wfexplore._checks import one_of, positive_float, positive_int
-from wfexplore.curvature.base import Curvature, resolve_damping
-from wfexplore.curvature.dense import DenseBlockCurvature, dense_memory_bytes
-from wfexplore.curvature.diagonal import DiagonalCurvature
-from wfexplore.curvature.identity import IdentityCurvature
-from wfexplore.curvature.kfac import KFACCurvature
-from wfexplore.curvature.lowrank import LowRankCurvature
-from wfexplore.curvature.woodbury import woodbury_fisher
-from wfexplore.gradients import FISHER_KINDS, LossFn, gradient_samples
+from wfexplore.curvature.base import DampedCurvature
+from wfexplore.curvature.dense import DEFAULT_MAX_MEMORY_GB
+from wfexplore.curvature.estimate import estimate_curvature
+from wfexplore.examples import take_examples
+from wfexplore.gradients import FISHER_KINDS, LossFn
 from wfexplore.params import BlockSpec, ParameterLayout, _check_block_size
+from wfexplore.pruning.updates import resolved_update
 
 METHODS = ("magnitude", "obd", "woodfisher", "kfac")
 REPRESENTATIONS = ("auto", "dense", "woodbury", "lowrank")
-AUTO_DENSE_LIMIT_GB = 1.0
+METHOD_REPRESENTATION = {"magnitude": "identity", "obd": "diagonal", "kfac": "kfac"}
+"""The representation of C each method prunes with (WoodFisher: ``settings.representation``)."""
+DIAGONAL_METHODS = ("magnitude", "obd")
+"""Methods whose C is diagonal: removing a weight moves no other, so every update is zeroing."""
 
 _USES = {
     "magnitude": (),
@@ -66,7 +67,7 @@ class PruningSettings:
     ``num_samples`` is m, ``batch_size`` b (b > 1 shrinks F by about 1/b: re-tune λ),
     ``block_size`` B for WoodFisher (int, ``"layer"`` or ``"model"``), ``representation``
     how WoodFisher blocks are held (``"auto"``: dense blocks when they fit in
-    ``AUTO_DENSE_LIMIT_GB``, else low-rank).
+    ``AUTO_DENSE_LIMIT_GB`` of :mod:`wfexplore.curvature.estimate`, else low-rank).
     """
 
     method: str = "woodfisher"
@@ -99,6 +100,16 @@ class PruningSettings:
         return self.num_samples * self.batch_size if self.needs_data else 0
 
     @property
+    def curvature_representation(self) -> str:
+        """How C is held: identity, diagonal, K-FAC, or WoodFisher's ``representation``."""
+        return METHOD_REPRESENTATION.get(self.method, self.representation)
+
+    @property
+    def curvature_damping(self) -> float:
+        """λ of C: ``damping``, except 0 for magnitude (C = I)."""
+        return 0.0 if self.method == "magnitude" else self.damping
+
+    @property
     def curvature_block_size(self) -> BlockSpec:
         """Blocks of C: B for WoodFisher, one per layer otherwise (diagonal C ignores blocks)."""
         return self.block_size if self.method == "woodfisher" else "layer"
@@ -114,7 +125,7 @@ class PruningSettings:
         return {k: (v if k in used or k == "method" else None) for k, v in asdict(self).items()}
 
     def replace(self, **changes) -> PruningSettings:
-        return PruningSettings(**{**asdict(self), **changes})
+        return replace(self, **changes)
 
     def layout(
         self,
@@ -145,109 +156,73 @@ def model_layout(
         raise
 
 
-# --- data ------------------------------------------------------------------------------------
-def take_examples(data: Iterable, count: int, name: str = "data") -> list[tuple]:
-    """The first ``count`` examples of ``data`` as a list of ``(x, y)`` batches (held fixed)."""
-    if data is None:
-        raise ValueError(f"{name}: a data loader is needed here; pass {name}=<DataLoader>")
-    batches, held = [], 0
-    for batch in data:
-        if not (isinstance(batch, tuple | list) and len(batch) >= 2):
-            raise TypeError(f"{name} must yield (inputs, targets) batches, like a DataLoader")
-        x, y = batch[0], batch[1]
-        take = min(x.shape[0], count - held)
-        batches.append((x[:take], y[:take]))
-        held += take
-        if held >= count:
-            break
-    if held == 0:
-        raise ValueError(f"{name}: the loader yielded no examples; pass a loader with data")
-    if held < count:
-        raise ValueError(
-            f"{name} holds only {held} examples but {count} are needed (num_samples × "
-            "batch_size); lower num_samples or batch_size"
-        )
-    return batches
+def effective_update(method: str, update: str | None) -> str:
+    """The weight update ``method`` makes when ``update`` is asked for (None: the default).
+
+    Magnitude and OBD have a diagonal C: removing a weight moves no other, so every update
+    is plain zeroing, ``"none"``; the others default to the published ``"summed"``.
+    """
+    return resolved_update(update, diagonal=one_of(method, "method", METHODS) in DIAGONAL_METHODS)
 
 
-# --- curvature -------------------------------------------------------------------------------
-def curvature_from_gradients(
-    settings: PruningSettings,
-    layout: ParameterLayout,
-    gradients: torch.Tensor,
-    *,
-    dtype: torch.dtype = torch.float64,
-    max_memory_gb: float = 4.0,
-) -> Curvature:
-    """OBD or WoodFisher curvature from an (m, d) gradient matrix (already masked)."""
-    lam, rel = settings.damping, settings.relative_damping
-    if settings.method == "obd":
-        return DiagonalCurvature.from_gradients(
-            gradients, layout, lam, relative_damping=rel, dtype=dtype
-        )
-    if settings.method != "woodfisher":
-        raise ValueError(f"method {settings.method!r} is not built from gradient samples")
-    representation = resolve_representation(settings.representation, layout)
-    if representation == "dense":
-        return DenseBlockCurvature.from_gradients(
-            gradients, layout, lam, relative_damping=rel, dtype=dtype, max_memory_gb=max_memory_gb
-        )
-    if representation == "lowrank":
-        return LowRankCurvature.from_gradients(
-            gradients, layout, lam, relative_damping=rel, dtype=dtype
-        )
-    if rel:
-        lam = resolve_damping(lam, True, float(gradients.to(dtype).pow(2).mean()))
-    return woodbury_fisher(gradients, layout, lam, dtype=dtype, max_memory_gb=max_memory_gb)
+def with_changes(changes: dict, *settings):
+    """Each settings object with the ``changes`` that name one of its fields applied.
+
+    A keyword that no object has is refused with the list of valid ones.
+    """
+    valid = [{f.name for f in fields(s)} for s in settings]
+    unknown = set(changes) - set().union(*valid)
+    if unknown:
+        names = sorted(set().union(*valid))
+        raise TypeError(f"unexpected keyword argument(s) {sorted(unknown)}; valid: {names}")
+    return tuple(
+        replace(s, **{k: v for k, v in changes.items() if k in names})
+        for s, names in zip(settings, valid, strict=True)
+    )
 
 
-def resolve_representation(representation: str, layout: ParameterLayout) -> str:
-    if representation != "auto":
-        return representation
-    fits = dense_memory_bytes(layout) <= AUTO_DENSE_LIMIT_GB * 2**30
-    return "dense" if fits else "lowrank"
-
-
-def estimate_curvature(
+def method_curvature(
     model: nn.Module,
-    examples: Iterable,
+    examples: Iterable | None,
     layout: ParameterLayout,
     settings: PruningSettings,
     *,
     keep: torch.Tensor | None = None,
     loss_fn: LossFn = F.cross_entropy,
     dtype: torch.dtype = torch.float64,
-    max_memory_gb: float = 4.0,
+    max_memory_gb: float = DEFAULT_MAX_MEMORY_GB,
     progress: bool = False,
-) -> Curvature:
-    """The curvature of ``settings.method`` for ``model`` on ``examples``.
+) -> DampedCurvature:
+    """C = M + λI of ``settings.method`` for ``model`` on ``examples``.
 
     ``keep`` (bool, length d) zeroes the gradient columns of pruned weights (not for K-FAC).
     ``layout`` must have the blocks of ``settings.curvature_block_size``.
     """
-    if settings.method == "magnitude":
-        return IdentityCurvature(layout, dtype)
-    common = {
-        "batch_size": settings.batch_size,
-        "loss_fn": loss_fn,
-        "fisher": settings.fisher,
-        "seed": settings.seed,
-        "progress": progress,
-    }
-    if settings.method == "kfac":
-        return KFACCurvature.from_model(
-            model,
-            examples,
-            layout,
-            settings.num_samples,
-            settings.damping,
-            relative_damping=settings.relative_damping,
-            dtype=dtype,
-            **common,
-        )
-    gradients = gradient_samples(model, examples, layout, settings.num_samples, **common)
-    if keep is not None:
-        gradients = gradients * keep.to(gradients)
-    return curvature_from_gradients(
-        settings, layout, gradients, dtype=dtype, max_memory_gb=max_memory_gb
+    curvature = estimate_curvature(
+        model,
+        examples,
+        representation=settings.curvature_representation,
+        layout=layout,
+        num_samples=settings.num_samples,
+        batch_size=settings.batch_size,
+        fisher=settings.fisher,
+        loss_fn=loss_fn,
+        seed=settings.seed,
+        keep=None if settings.method == "kfac" else keep,
+        dtype=dtype,
+        max_memory_gb=max_memory_gb,
+        progress=progress,
     )
+    return curvature.damped(settings.curvature_damping, relative=settings.relative_damping)
+
+
+__all__ = [
+    "METHODS",
+    "REPRESENTATIONS",
+    "PruningSettings",
+    "effective_update",
+    "method_curvature",
+    "model_layout",
+    "take_examples",
+    "with_changes",
+]

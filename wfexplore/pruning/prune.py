@@ -22,17 +22,23 @@ from torch.nn.utils import prune as torch_prune
 from tqdm.auto import tqdm
 
 from wfexplore._checks import one_of, positive_float, positive_int
-from wfexplore.curvature.base import Curvature, check_same_layout
-from wfexplore.curvature.diagonal import DiagonalCurvature
-from wfexplore.curvature.identity import IdentityCurvature
+from wfexplore.curvature.base import (
+    AnyCurvature,
+    Curvature,
+    DampedCurvature,
+    as_damped,
+    check_same_layout,
+)
+from wfexplore.curvature.dense import DEFAULT_MAX_MEMORY_GB
 from wfexplore.gradients import LossFn
 from wfexplore.params import ParameterLayout
 from wfexplore.pruning.estimation import (
     METHODS,
     PruningSettings,
-    estimate_curvature,
+    method_curvature,
     model_layout,
     take_examples,
+    with_changes,
 )
 from wfexplore.pruning.evaluation import evaluate_model, recalibrate_batchnorm
 from wfexplore.pruning.masks import (
@@ -45,12 +51,70 @@ from wfexplore.pruning.masks import (
     select_pruned,
 )
 from wfexplore.pruning.saliency import check_model_matches, obs_saliency
-from wfexplore.pruning.updates import DEFAULT_MAX_MEMORY_GB, UPDATES, update_weights
+from wfexplore.pruning.updates import UPDATES, resolved_update, update_weights
 
-# (step, model being pruned, keep mask or None) -> (curvature, diag(C⁻¹) or None)
+# (step, model being pruned, keep mask or None) -> (C, diag(C⁻¹) or None)
 CurvatureProvider = Callable[
-    [int, nn.Module, "torch.Tensor | None"], tuple[Curvature, "torch.Tensor | None"]
+    [int, nn.Module, "torch.Tensor | None"], tuple[AnyCurvature, "torch.Tensor | None"]
 ]
+
+
+@dataclass(frozen=True)
+class PruningSchedule:
+    """Which weights go and how the others move.
+
+    ``scope`` ``"global"`` (one threshold on ρ across layers) or ``"layerwise"``;
+    ``update`` ``"none"``, ``"summed"`` or ``"group"`` (None: ``"summed"``, and ``"none"``
+    for magnitude and OBD, where all three coincide); ``steps`` k (1 is one-shot; k > 1
+    re-estimates C on the pruned model before each step along
+    s_t = s_f + (s_0 − s_f)(1 − t/k)^p with p = ``schedule_power``); ``min_density``, the
+    least fraction of weights every layer keeps.
+    """
+
+    scope: str = "global"
+    update: str | None = None
+    steps: int = 1
+    schedule_power: float = 3.0
+    min_density: float = 0.0
+
+    def __post_init__(self) -> None:
+        one_of(self.scope, "scope", SCOPES)
+        if self.update is not None:
+            one_of(self.update, "update", UPDATES)
+        positive_int(self.steps, "steps", "steps=1 is one-shot pruning, k > 1 re-estimates C")
+        positive_float(self.schedule_power, "schedule_power", "e.g. 3 for the cubic schedule")
+        check_min_density(self.min_density)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What is analysed and how the work runs and is measured.
+
+    ``names`` / ``pattern`` select the analysed parameters (default: every Conv/Linear
+    weight); ``loss_fn`` is the training loss (batch mean); ``max_memory_gb`` caps large
+    allocations; ``per_layer_actual`` measures each layer's own loss change;
+    ``recalibrate_bn`` re-estimates BatchNorm statistics on ``data`` after pruning (over
+    ``bn_batches`` batches, default all).
+    """
+
+    names: Sequence[str] | None = None
+    pattern: str | None = None
+    loss_fn: LossFn = F.cross_entropy
+    max_memory_gb: float = DEFAULT_MAX_MEMORY_GB
+    per_layer_actual: bool = True
+    recalibrate_bn: bool = False
+    bn_batches: int | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.names, str):
+            object.__setattr__(self, "names", (self.names,))
+        positive_float(self.max_memory_gb, "max_memory_gb", "e.g. max_memory_gb=4")
+        if self.bn_batches is not None:
+            positive_int(self.bn_batches, "bn_batches", "or None for the whole loader")
+
+    def layout(self, model: nn.Module, settings: PruningSettings) -> ParameterLayout:
+        return settings.layout(model, self.names, self.pattern)
 
 
 @dataclass
@@ -106,101 +170,95 @@ class PruningResult:
 
 def prune_model(
     model: nn.Module,
-    method: str | PruningSettings | Curvature,
+    method: str | PruningSettings | AnyCurvature,
     sparsity: Sparsity,
     *,
     data: Iterable | None = None,
-    scope: str = "global",
-    update: str | None = None,
-    steps: int = 1,
-    schedule_power: float = 3.0,
-    min_density: float = 0.0,
-    names: Sequence[str] | None = None,
-    pattern: str | None = None,
     eval_data: Iterable | None = None,
-    per_layer_actual: bool = True,
-    recalibrate_bn: bool = False,
-    bn_batches: int | None = None,
-    loss_fn: LossFn = F.cross_entropy,
-    max_memory_gb: float = DEFAULT_MAX_MEMORY_GB,
-    progress: bool = True,
+    schedule: PruningSchedule | None = None,
+    options: RunOptions | None = None,
+    **changes,
 ) -> PruningResult:
     """Prune a copy of ``model`` to ``sparsity`` and report what changed.
 
     ``method`` is a method name (``"magnitude"``, ``"obd"``, ``"woodfisher"``, ``"kfac"``,
-    with default :class:`PruningSettings`), a :class:`PruningSettings`, or a ready
-    :class:`~wfexplore.curvature.Curvature` (one-shot only; its layout fixes the pruned
-    parameters and must match ``names``/``pattern`` if given). ``sparsity`` is a fraction
-    in [0, 1) of the analysed weights, or a name → fraction map with ``scope="layerwise"``.
-    ``update`` is ``"none"``, ``"summed"`` or ``"group"`` (default: ``"summed"``, and
-    ``"none"`` for magnitude and OBD, where all three coincide). ``data`` feeds the
-    curvature (its first m·b examples, held fixed across steps) and BatchNorm
-    re-estimation; ``eval_data`` (default ``data``) measures the actual loss change.
+    with default :class:`PruningSettings`), a :class:`PruningSettings`, or a ready curvature
+    C (one-shot only; a :class:`~wfexplore.curvature.Curvature` M is used undamped, a
+    ``curvature.damped(λ)`` with its λ; its layout fixes the pruned parameters and must
+    match ``names``/``pattern`` if given). ``sparsity`` is a fraction in [0, 1) of the
+    analysed weights, or a name → fraction map with ``scope="layerwise"``. ``schedule``
+    (:class:`PruningSchedule`: scope, update, steps…) and ``options`` (:class:`RunOptions`:
+    selection, loss, memory, evaluation, progress) may be built once and passed around;
+    keyword ``changes`` override their fields (``scope="layerwise"``, ``progress=False``).
+    ``data`` feeds the curvature (its first m·b examples, held fixed across steps) and
+    BatchNorm re-estimation; ``eval_data`` (default ``data``) measures the actual loss change.
     """
-    how = _resolve_method(method)
-    check_pruning_arguments(sparsity, scope, update, min_density)
-    positive_int(steps, "steps", "steps=1 is one-shot pruning, k > 1 re-estimates C k times")
-    positive_float(schedule_power, "schedule_power", "e.g. 3 for the cubic schedule")
-    if isinstance(how, Curvature):
-        if steps > 1:
-            raise ValueError(
-                f"steps={steps} re-estimates the curvature between steps, which a ready "
-                "Curvature cannot do; pass the method name or PruningSettings instead"
-            )
-        layout = how.layout
-        if names is not None or pattern is not None:
-            check_same_layout(how, model_layout(model, names, pattern, layout.block_size))
-        check_model_matches(model, layout)
-        curvature = how
-
-        def provider(step, work, keep):
-            return curvature, None
-
-        description = {"method": how.kind, "damping": how.damping}
-    else:
-        layout = how.layout(model, names, pattern)
+    schedule, options = with_changes(
+        changes, schedule or PruningSchedule(), options or RunOptions()
+    )
+    how = resolve_method(method)
+    check_sparsity_argument(sparsity, schedule.scope)
+    if isinstance(how, PruningSettings):
+        layout = options.layout(model, how)
         examples = take_examples(data, how.examples_needed) if how.needs_data else None
         settings = how
 
         def provider(step, work, keep):
-            curv = estimate_curvature(
+            curvature = method_curvature(
                 work,
                 examples,
                 layout,
                 settings,
                 keep=keep,
-                loss_fn=loss_fn,
-                max_memory_gb=max_memory_gb,
-                progress=progress,
+                loss_fn=options.loss_fn,
+                max_memory_gb=options.max_memory_gb,
+                progress=options.progress,
             )
-            return curv, None
+            return curvature, None
 
         description = settings.describe()
-    if recalibrate_bn and data is None:
+    else:
+        layout = ready_curvature_layout(model, how, options)
+        if schedule.steps > 1:
+            raise ValueError(
+                f"steps={schedule.steps} re-estimates the curvature between steps, which a "
+                "ready curvature cannot do; pass the method name or PruningSettings instead"
+            )
+
+        def provider(step, work, keep):
+            return how, None
+
+        description = {"method": how.kind, "damping": how.damping}
+    if options.recalibrate_bn and data is None:
         raise ValueError("recalibrate_bn=True needs data=<loader> to re-estimate BatchNorm with")
     return run_pruning(
         model,
         layout,
         provider,
         sparsity,
-        scope=scope,
-        update=update,
-        steps=steps,
-        schedule_power=schedule_power,
-        min_density=min_density,
+        schedule=schedule,
+        options=options,
         eval_data=eval_data if eval_data is not None else data,
-        per_layer_actual=per_layer_actual,
-        bn_data=data if recalibrate_bn else None,
-        bn_batches=bn_batches,
-        loss_fn=loss_fn,
-        max_memory_gb=max_memory_gb,
-        progress=progress,
+        bn_data=data,
         description=description,
     )
 
 
-def _resolve_method(method) -> PruningSettings | Curvature:
-    if isinstance(method, Curvature | PruningSettings):
+def ready_curvature_layout(model: nn.Module, curvature: AnyCurvature, options: RunOptions):
+    """The layout of a curvature given ready: checked against the selection and the model."""
+    layout = curvature.layout
+    if options.names is not None or options.pattern is not None:
+        check_same_layout(
+            curvature, model_layout(model, options.names, options.pattern, layout.block_size)
+        )
+    check_model_matches(model, layout)
+    return layout
+
+
+def resolve_method(method) -> PruningSettings | AnyCurvature:
+    if isinstance(method, Curvature | DampedCurvature):
+        return as_damped(method)
+    if isinstance(method, PruningSettings):
         return method
     if isinstance(method, str):
         one_of(method, "method", METHODS)
@@ -211,23 +269,13 @@ def _resolve_method(method) -> PruningSettings | Curvature:
     )
 
 
-def default_update(curvature: Curvature) -> str:
-    """``"none"`` for a diagonal C (every update coincides), else the published ``"summed"``."""
-    return "none" if isinstance(curvature, IdentityCurvature | DiagonalCurvature) else "summed"
-
-
 def polynomial_schedule(start: float, end: float, steps: int, power: float = 3.0) -> list[float]:
     """s_t = s_f + (s_0 − s_f)(1 − t/k)^p for t = 1…k; the last is always s_f."""
     return [end + (start - end) * (1 - t / steps) ** power for t in range(1, steps + 1)]
 
 
-def check_pruning_arguments(
-    sparsity: Sparsity, scope: str, update: str | None, min_density: float
-) -> None:
-    one_of(scope, "scope", SCOPES)
-    if update is not None:
-        one_of(update, "update", UPDATES)
-    check_min_density(min_density)
+def check_sparsity_argument(sparsity: Sparsity, scope: str) -> None:
+    """One fraction, or a per-layer map with ``scope="layerwise"``; each in [0, 1)."""
     if isinstance(sparsity, Mapping):
         if scope != "layerwise":
             raise ValueError(
@@ -245,43 +293,46 @@ def run_pruning(
     provider: CurvatureProvider,
     sparsity: Sparsity,
     *,
-    scope: str = "global",
-    update: str | None = None,
-    steps: int = 1,
-    schedule_power: float = 3.0,
-    min_density: float = 0.0,
+    schedule: PruningSchedule | None = None,
+    options: RunOptions | None = None,
     eval_data: Iterable | None = None,
-    per_layer_actual: bool = True,
     bn_data: Iterable | None = None,
-    bn_batches: int | None = None,
-    loss_fn: LossFn = F.cross_entropy,
-    max_memory_gb: float = DEFAULT_MAX_MEMORY_GB,
-    progress: bool = True,
     description: dict | None = None,
 ) -> PruningResult:
-    """The pruning loop behind :func:`prune_model`, with curvature from ``provider``."""
-    check_pruning_arguments(sparsity, scope, update, min_density)
+    """The pruning loop behind :func:`prune_model`, with C from ``provider``.
+
+    ``bn_data`` re-estimates BatchNorm when ``options.recalibrate_bn``; without
+    ``eval_data`` nothing is evaluated.
+    """
+    schedule, options = schedule or PruningSchedule(), options or RunOptions()
+    check_sparsity_argument(sparsity, schedule.scope)
+    steps = schedule.steps
     work = copy.deepcopy(model)
     params = dict(work.named_parameters())
     w_dense = layout.flatten(work).to(torch.float64)
     pruned = w_dense == 0
     initially = pruned.clone()
-    targets = _targets(layout, pruned, sparsity, steps, schedule_power)
+    targets = _targets(layout, pruned, sparsity, steps, schedule.schedule_power)
     contributions = torch.zeros_like(w_dense)
-    step_rows, used_update, damping = [], update, None
-    bar = tqdm(targets, desc="pruning steps", disable=not progress or steps == 1, leave=False)
+    step_rows, used_update, damping = [], None, None
+    show = options.progress and steps > 1
+    bar = tqdm(targets, desc="pruning steps", disable=not show, leave=False)
     for t, target in enumerate(bar, start=1):
         keep = ~pruned if bool(pruned.any()) else None
         curvature, inverse_diag = provider(t, work, keep)
-        if used_update is None:
-            used_update = default_update(curvature)
+        used_update = resolved_update(schedule.update, diagonal=curvature.is_diagonal)
         damping = curvature.damping
         w = layout.flatten(work).to(torch.float64)
         if inverse_diag is None:
             inverse_diag = curvature.inverse_diag()
         scores = obs_saliency(w, inverse_diag)
         new_pruned = select_pruned(
-            scores, layout, target, scope=scope, min_density=min_density, fixed=pruned
+            scores,
+            layout,
+            target,
+            scope=schedule.scope,
+            min_density=schedule.min_density,
+            fixed=pruned,
         )
         change = update_weights(
             w,
@@ -289,9 +340,9 @@ def run_pruning(
             curvature,
             used_update,
             inverse_diag=inverse_diag,
-            max_memory_gb=max_memory_gb,
+            max_memory_gb=options.max_memory_gb,
         )
-        _write(params, layout, change.weights)
+        write_weights(params, layout, change.weights)
         contributions += change.contributions
         fresh = new_pruned & ~pruned
         step_rows.append(
@@ -307,14 +358,15 @@ def run_pruning(
             }
         )
         pruned = new_pruned
-    if bn_data is not None:
-        recalibrate_batchnorm(work, bn_data, num_batches=bn_batches)
+    recalibrated = options.recalibrate_bn and bn_data is not None
+    if recalibrated:
+        recalibrate_batchnorm(work, bn_data, num_batches=options.bn_batches)
 
     layers = _layer_table(layout, pruned, initially, contributions)
     summary = {
         **(description or {}),
         "update": used_update,
-        "scope": scope,
+        "scope": schedule.scope,
         "steps": steps,
         "target_sparsity": _mean_target(layout, targets[-1]),
         "sparsity": float(pruned.double().mean()),
@@ -323,22 +375,10 @@ def run_pruning(
         "predicted_delta_loss": float(contributions.sum()),
         "sum_of_saliencies": float(sum(r["sum_of_saliencies"] for r in step_rows)),
         "damping": damping,
-        "recalibrated_bn": bn_data is not None,
+        "recalibrated_bn": recalibrated,
     }
     if eval_data is not None:
-        dense = evaluate_model(copy.deepcopy(model), eval_data, loss_fn=loss_fn)
-        after = evaluate_model(work, eval_data, loss_fn=loss_fn)
-        summary.update(
-            dense_loss=dense["loss"],
-            dense_accuracy=dense["accuracy"],
-            loss=after["loss"],
-            accuracy=after["accuracy"],
-            actual_delta_loss=after["loss"] - dense["loss"],
-        )
-        if per_layer_actual:
-            layers["actual_delta_loss"] = _per_layer_actual(
-                model, work, layout, eval_data, loss_fn, dense["loss"]
-            )
+        _evaluate(model, work, layout, eval_data, options, summary, layers)
     return PruningResult(
         model=work,
         masks=keep_masks(pruned, layout),
@@ -347,6 +387,24 @@ def run_pruning(
         summary=summary,
         layout=layout,
     )
+
+
+def _evaluate(model, work, layout, eval_data, options: RunOptions, summary, layers) -> None:
+    """Loss and accuracy before and after into ``summary``; each layer's own loss change."""
+    loss_fn = options.loss_fn
+    dense = evaluate_model(copy.deepcopy(model), eval_data, loss_fn=loss_fn)
+    after = evaluate_model(work, eval_data, loss_fn=loss_fn)
+    summary.update(
+        dense_loss=dense["loss"],
+        dense_accuracy=dense["accuracy"],
+        loss=after["loss"],
+        accuracy=after["accuracy"],
+        actual_delta_loss=after["loss"] - dense["loss"],
+    )
+    if options.per_layer_actual:
+        layers["actual_delta_loss"] = _per_layer_actual(
+            model, work, layout, eval_data, loss_fn, dense["loss"]
+        )
 
 
 def _targets(layout, pruned, sparsity, steps, power) -> list:
@@ -371,7 +429,9 @@ def _mean_target(layout: ParameterLayout, target) -> float:
 
 
 @torch.no_grad()
-def _write(params: dict[str, nn.Parameter], layout: ParameterLayout, flat: torch.Tensor) -> None:
+def write_weights(
+    params: dict[str, nn.Parameter], layout: ParameterLayout, flat: torch.Tensor
+) -> None:
     for p in layout.parameters:
         param = params[p.name]
         param.copy_(flat[p.offset : p.stop].reshape(p.shape).to(param.dtype))

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from wfexplore.curvature.base import Curvature
+from wfexplore.curvature.base import AnyCurvature, as_damped
 from wfexplore.params import ParameterLayout
 
 
@@ -101,14 +101,15 @@ class Saliency:
 
 def compute_saliency(
     weights: nn.Module | torch.Tensor,
-    curvature: Curvature,
+    curvature: AnyCurvature,
     *,
     inverse_diag: torch.Tensor | None = None,
 ) -> Saliency:
-    """Saliencies of the weights of a model (or a flat vector) under ``curvature``.
+    """Saliencies of the weights of a model (or a flat vector) under ``curvature`` C.
 
     A model must hold the parameters of ``curvature.layout`` with the same shapes.
     """
+    curvature = as_damped(curvature)
     layout = curvature.layout
     if isinstance(weights, nn.Module):
         check_model_matches(weights, layout)

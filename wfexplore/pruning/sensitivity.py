@@ -12,99 +12,114 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from wfexplore._checks import one_of
-from wfexplore.curvature.base import Curvature, check_same_layout
-from wfexplore.gradients import LossFn
+from wfexplore.curvature.base import AnyCurvature
 from wfexplore.params import ParameterLayout
 from wfexplore.pruning.estimation import (
     PruningSettings,
-    estimate_curvature,
-    model_layout,
+    method_curvature,
     take_examples,
+    with_changes,
 )
 from wfexplore.pruning.evaluation import evaluate_model
 from wfexplore.pruning.masks import check_min_density, check_sparsity, select_pruned
-from wfexplore.pruning.prune import PruningResult, _resolve_method, _write, default_update
-from wfexplore.pruning.saliency import check_model_matches, obs_saliency
-from wfexplore.pruning.updates import DEFAULT_MAX_MEMORY_GB, UPDATES, update_weights
+from wfexplore.pruning.prune import (
+    PruningResult,
+    RunOptions,
+    ready_curvature_layout,
+    resolve_method,
+    write_weights,
+)
+from wfexplore.pruning.saliency import obs_saliency
+from wfexplore.pruning.updates import resolved_update, update_weights
 
 DEFAULT_GRID = (0.1, 0.3, 0.5, 0.7, 0.9)
 
 
-def _curvature_for(
-    model, method, data, names, pattern, loss_fn, max_memory_gb, progress
-) -> tuple[Curvature, ParameterLayout]:
-    how = _resolve_method(method)
-    if isinstance(how, Curvature):
-        if names is not None or pattern is not None:
-            check_same_layout(how, model_layout(model, names, pattern, how.layout.block_size))
-        check_model_matches(model, how.layout)
-        return how, how.layout
-    layout = how.layout(model, names, pattern)
+def curvature_for(
+    model: nn.Module,
+    method: str | PruningSettings | AnyCurvature,
+    data: Iterable | None,
+    options: RunOptions,
+) -> tuple[AnyCurvature, ParameterLayout]:
+    """C of ``method`` on the dense model (estimated on ``data``, or given) and its layout."""
+    how = resolve_method(method)
+    if not isinstance(how, PruningSettings):
+        return how, ready_curvature_layout(model, how, options)
+    layout = options.layout(model, how)
     examples = take_examples(data, how.examples_needed) if how.needs_data else None
-    curvature = estimate_curvature(
+    curvature = method_curvature(
         model,
         examples,
         layout,
         how,
-        loss_fn=loss_fn,
-        max_memory_gb=max_memory_gb,
-        progress=progress,
+        loss_fn=options.loss_fn,
+        max_memory_gb=options.max_memory_gb,
+        progress=options.progress,
     )
     return curvature, layout
 
 
+def _grid(sparsities) -> list[float]:
+    if isinstance(sparsities, (int, float)):
+        raise TypeError(
+            f"sparsities must be a list of fractions, got {sparsities!r}; e.g. sparsities=[0.5]"
+        )
+    return [check_sparsity(s, "sparsities") for s in sparsities]
+
+
 def layer_sensitivity(
     model: nn.Module,
-    method: str | PruningSettings | Curvature,
+    method: str | PruningSettings | AnyCurvature,
     data: Iterable | None = None,
     *,
     sparsities: Sequence[float] = DEFAULT_GRID,
     update: str | None = None,
     eval_data: Iterable | None = None,
-    names: Sequence[str] | None = None,
-    pattern: str | None = None,
-    loss_fn: LossFn = F.cross_entropy,
-    max_memory_gb: float = DEFAULT_MAX_MEMORY_GB,
-    progress: bool = True,
+    options: RunOptions | None = None,
+    **changes,
 ) -> pd.DataFrame:
     """Prune each layer alone at each sparsity; predicted (½ δwᵀCδw) vs actual loss increase.
 
     One row per (layer, sparsity): ``pruned``, ``predicted_delta_loss``,
     ``sum_of_saliencies`` (Σ ρ_q of the removed weights), ``actual_delta_loss``, ``loss``
-    and ``accuracy`` on ``eval_data`` (default ``data``). The caller's model is not changed.
+    and ``accuracy`` on ``eval_data`` (default ``data``). ``options`` (and keyword
+    ``changes`` of its fields) as in :func:`~wfexplore.pruning.prune_model`. The caller's
+    model is not changed.
     """
-    grid = [check_sparsity(s, "sparsities") for s in sparsities]
-    if update is not None:
-        one_of(update, "update", UPDATES)
+    (options,) = with_changes(changes, options or RunOptions())
+    grid = _grid(sparsities)
+    resolved_update(update, diagonal=False)  # a bad update is refused before any work
     eval_data = eval_data if eval_data is not None else data
     if eval_data is None:
         raise ValueError("eval_data: pass a loader to measure the actual loss change on")
-    curvature, layout = _curvature_for(
-        model, method, data, names, pattern, loss_fn, max_memory_gb, progress
-    )
-    update = update or default_update(curvature)
+    curvature, layout = curvature_for(model, method, data, options)
+    update = resolved_update(update, diagonal=curvature.is_diagonal)
     probe = copy.deepcopy(model)
     params = dict(probe.named_parameters())
     w = layout.flatten(probe).to(torch.float64)
     inverse_diag = curvature.inverse_diag()
     scores = obs_saliency(w, inverse_diag)
     fixed = w == 0
-    dense = evaluate_model(probe, eval_data, loss_fn=loss_fn)
+    dense = evaluate_model(probe, eval_data, loss_fn=options.loss_fn)
     rows = []
-    bar = tqdm(total=len(layout.parameters) * len(grid), desc="sensitivity", disable=not progress)
+    total = len(layout.parameters) * len(grid)
+    bar = tqdm(total=total, desc="sensitivity", disable=not options.progress)
     for i, p in enumerate(layout.parameters):
         for s in grid:
             pruned = select_pruned(scores, layout, {p.name: s}, scope="layerwise", fixed=fixed)
             change = update_weights(
-                w, pruned, curvature, update, inverse_diag=inverse_diag, max_memory_gb=max_memory_gb
+                w,
+                pruned,
+                curvature,
+                update,
+                inverse_diag=inverse_diag,
+                max_memory_gb=options.max_memory_gb,
             )
-            _write(params, layout, change.weights)
-            after = evaluate_model(probe, eval_data, loss_fn=loss_fn)
+            write_weights(params, layout, change.weights)
+            after = evaluate_model(probe, eval_data, loss_fn=options.loss_fn)
             fresh = pruned & ~fixed
             rows.append(
                 {
@@ -129,26 +144,22 @@ def layer_sensitivity(
 
 def global_allocation(
     model: nn.Module,
-    method: str | PruningSettings | Curvature,
+    method: str | PruningSettings | AnyCurvature,
     sparsities: Sequence[float],
     data: Iterable | None = None,
     *,
     min_density: float = 0.0,
-    names: Sequence[str] | None = None,
-    pattern: str | None = None,
-    loss_fn: LossFn = F.cross_entropy,
-    max_memory_gb: float = DEFAULT_MAX_MEMORY_GB,
-    progress: bool = True,
+    options: RunOptions | None = None,
+    **changes,
 ) -> pd.DataFrame:
     """The sparsity each layer receives when one global threshold on ρ sets the overall one.
 
     One row per (global sparsity, layer): ``numel``, ``pruned``, ``layer_sparsity``.
     """
-    grid = [check_sparsity(s, "sparsities") for s in sparsities]
+    (options,) = with_changes(changes, options or RunOptions())
+    grid = _grid(sparsities)
     check_min_density(min_density)
-    curvature, layout = _curvature_for(
-        model, method, data, names, pattern, loss_fn, max_memory_gb, progress
-    )
+    curvature, layout = curvature_for(model, method, data, options)
     w = layout.flatten(model).to(torch.float64)
     scores = obs_saliency(w, curvature.inverse_diag())
     rows = []

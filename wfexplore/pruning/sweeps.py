@@ -25,78 +25,119 @@ import os
 import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 import wfexplore
 from wfexplore._checks import one_of, positive_float, positive_int
-from wfexplore.curvature.base import Curvature, resolve_damping
+from wfexplore.curvature.base import Curvature, DampedCurvature
+from wfexplore.curvature.estimate import estimate_curvature, from_gradients
 from wfexplore.curvature.identity import IdentityCurvature
-from wfexplore.curvature.kfac import KFACCurvature
-from wfexplore.gradients import LossFn, gradient_samples
+from wfexplore.gradients import gradient_samples
 from wfexplore.params import BlockSpec
 from wfexplore.pruning.estimation import (
     METHODS,
     PruningSettings,
-    curvature_from_gradients,
-    estimate_curvature,
+    effective_update,
+    method_curvature,
     model_layout,
     take_examples,
+    with_changes,
 )
 from wfexplore.pruning.evaluation import evaluate_model
-from wfexplore.pruning.masks import SCOPES, check_min_density, check_sparsity
-from wfexplore.pruning.prune import run_pruning
-from wfexplore.pruning.updates import DEFAULT_MAX_MEMORY_GB, UPDATES
+from wfexplore.pruning.masks import SCOPES, check_sparsity
+from wfexplore.pruning.prune import PruningSchedule, RunOptions, run_pruning
+from wfexplore.pruning.updates import UPDATES
 from wfexplore.training import cache_dir
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 DEFAULT_SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95)
+
+
+@dataclass(frozen=True)
+class SweepGrid:
+    """What a sweep varies; every point of the product is pruned once.
+
+    λ (``dampings``) and m (``num_samples``) apply to OBD, WoodFisher and K-FAC, B
+    (``block_sizes``) to WoodFisher only, ``updates`` to WoodFisher and K-FAC (magnitude and
+    OBD have a diagonal C, where every update is zeroing: their rows carry ``"none"``).
+    """
+
+    methods: Sequence[str] = METHODS
+    sparsities: Sequence[float] = DEFAULT_SPARSITIES
+    scopes: Sequence[str] = ("global",)
+    updates: Sequence[str] = ("summed",)
+    dampings: Sequence[float] = (1e-5,)
+    num_samples: Sequence[int] = (256,)
+    block_sizes: Sequence[BlockSpec] = (128,)
+    steps: Sequence[int] = (1,)
+
+    def __post_init__(self) -> None:
+        checks = {
+            "methods": lambda v: one_of(v, "methods", METHODS),
+            "sparsities": lambda v: check_sparsity(v, "sparsities"),
+            "scopes": lambda v: one_of(v, "scopes", SCOPES),
+            "updates": lambda v: one_of(v, "updates", UPDATES),
+            "dampings": lambda v: positive_float(v, "dampings", "e.g. dampings=(1e-3, 1e-5)"),
+            "num_samples": lambda v: positive_int(v, "num_samples", "e.g. num_samples=(256,)"),
+            "block_sizes": lambda v: v,
+            "steps": lambda v: positive_int(v, "steps", "steps=1 is one-shot pruning"),
+        }
+        for name, check in checks.items():
+            values = getattr(self, name)
+            if isinstance(values, str | int | float) or values is None:
+                values = [values]
+            values = list(dict.fromkeys(check(v) for v in values))
+            if not values:
+                raise ValueError(f"{name}: give at least one value")
+            object.__setattr__(self, name, tuple(values))
+
+    def settings(self, base: PruningSettings) -> list[PruningSettings]:
+        """One :class:`PruningSettings` per (method, λ, m, B) that changes the curvature."""
+        out = []
+        for method in self.methods:
+            if method == "magnitude":
+                out.append(base.replace(method="magnitude"))
+                continue
+            blocks = self.block_sizes if method == "woodfisher" else [base.block_size]
+            for lam, m, b in itertools.product(self.dampings, self.num_samples, blocks):
+                out.append(base.replace(method=method, damping=lam, num_samples=m, block_size=b))
+        return list(dict.fromkeys(out))
+
+    def points(self, method: str) -> list[tuple]:
+        """(scope, update, steps, sparsity) of one method's rows."""
+        updates = dict.fromkeys(effective_update(method, u) for u in self.updates)
+        return list(itertools.product(self.scopes, updates, self.steps, self.sparsities))
 
 
 def sweep(
     model: nn.Module,
     data: Iterable,
     *,
-    methods: Sequence[str] = METHODS,
-    sparsities: Sequence[float] = DEFAULT_SPARSITIES,
-    scopes: Sequence[str] = ("global",),
-    updates: Sequence[str] = ("summed",),
-    dampings: Sequence[float] = (1e-5,),
-    num_samples: Sequence[int] = (256,),
-    block_sizes: Sequence[BlockSpec] = (128,),
-    steps: Sequence[int] = (1,),
     eval_data: Iterable | Mapping[str, Iterable] | None = None,
-    batch_size: int = 1,
-    fisher: str = "empirical",
-    representation: str = "auto",
-    relative_damping: bool = False,
-    seed: int = 0,
-    min_density: float = 0.0,
-    schedule_power: float = 3.0,
-    recalibrate_bn: bool = False,
-    bn_batches: int | None = None,
-    names: Sequence[str] | None = None,
-    pattern: str | None = None,
-    loss_fn: LossFn = F.cross_entropy,
-    max_memory_gb: float = DEFAULT_MAX_MEMORY_GB,
+    grid: SweepGrid | None = None,
+    base: PruningSettings | None = None,
+    schedule: PruningSchedule | None = None,
+    options: RunOptions | None = None,
     cache: bool | str | Path = True,
     keep_masks: bool = False,
-    progress: bool = True,
+    **changes,
 ) -> pd.DataFrame:
-    """Prune ``model`` at every point of the grid; one row per point.
+    """Prune ``model`` at every point of ``grid`` (:class:`SweepGrid`); one row per point.
 
-    ``methods`` ⊆ ("magnitude", "obd", "woodfisher", "kfac"); λ (``dampings``) and m
-    (``num_samples``) apply to OBD, WoodFisher and K-FAC, B (``block_sizes``) to WoodFisher
-    only, ``updates`` to WoodFisher and K-FAC (magnitude and OBD rows carry
-    ``update="none"``: with a diagonal C every update is just zeroing). Inapplicable
-    settings are left empty (NaN/None) rather than repeated. ``eval_data`` is a loader or a
-    name → loader map (columns ``<name>_loss``…); default ``data``. ``cache``: True for
+    ``base`` holds what the grid does not vary (b, the Fisher kind, the representation,
+    relative damping, the seed), ``schedule`` the schedule power and minimum density (scope,
+    update and steps are in the grid), ``options`` as in :func:`~wfexplore.pruning.prune_model`.
+    Keyword ``changes`` override fields of any of them (``sparsities=[0.5]``,
+    ``batch_size=4``, ``min_density=0.1``, ``progress=False``). Inapplicable settings are
+    left empty (NaN/None) rather than repeated. ``eval_data`` is a loader or a name →
+    loader map (columns ``<name>_loss``…); default ``data``. ``cache``: True for
     ``cache_dir()/sweeps``, a folder, or False. With ``keep_masks`` every row also holds
     what was pruned, so that nothing needs pruning twice: ``masks`` (parameter → keep
     mask, True = kept) and ``moved`` (parameter → True where a kept weight was changed by
@@ -106,189 +147,145 @@ def sweep(
     ``DataLoader`` gives other examples on every call (and so misses the cache); pass a
     fixed list, e.g. ``take_examples(loader, m)``, to compare and cache across calls.
     """
-    grid = _check_grid(
-        methods, sparsities, scopes, updates, dampings, num_samples, block_sizes, steps
+    grid_changes = {k: changes.pop(k) for k in [f.name for f in fields(SweepGrid)] if k in changes}
+    grid = replace(grid or SweepGrid(), **grid_changes)
+    base, schedule, options = with_changes(
+        changes, base or PruningSettings(), schedule or PruningSchedule(), options or RunOptions()
     )
-    check_min_density(min_density)
-    positive_float(schedule_power, "schedule_power", "e.g. 3 for the cubic schedule")
-    if recalibrate_bn and data is None:
-        raise ValueError("recalibrate_bn=True needs data=<loader>")
-    common = {
-        "batch_size": batch_size,
-        "fisher": fisher,
-        "representation": representation,
-        "relative_damping": relative_damping,
-        "seed": seed,
-    }
-    settings_list = _settings_grid(grid, common)
-    evals = _eval_sets(eval_data if eval_data is not None else data)
-    needed = max(s.examples_needed for s in settings_list)
-    examples = take_examples(data, needed) if needed else []
-    base_layout = model_layout(model, names, pattern, "layer")
-    folder = _cache_folder(cache)
-
-    base_key = None
-    if folder is not None:
-        base_key = {
-            "version": [wfexplore.__version__, CACHE_VERSION],
-            "model": model_fingerprint(model),
-            "selection": base_layout.names,
-            "loss_fn": _callable_name(loss_fn),
-            "eval": {name: data_fingerprint(loader) for name, loader in evals.items()},
-            "bn_data": data_fingerprint(data) if recalibrate_bn else None,
-            "bn_batches": bn_batches,
-            "min_density": min_density,
-            "schedule_power": schedule_power,
-            "device": next(model.parameters()).device.type,
-        }
-        prefix_hash = _prefix_hashes(examples, {s.examples_needed for s in settings_list})
-
-    dense_copy = copy.deepcopy(model)
-    dense = {
-        name: evaluate_model(dense_copy, loader, loss_fn=loss_fn, name="eval_data")
-        for name, loader in evals.items()
-    }
-    del dense_copy
-    plan = []
-    for settings in settings_list:
-        method_updates = ("none",) if settings.method in ("magnitude", "obd") else grid["updates"]
-        points = list(
-            itertools.product(grid["scopes"], method_updates, grid["steps"], grid["sparsities"])
+    if (schedule.scope, schedule.update, schedule.steps) != ("global", None, 1):
+        raise ValueError(
+            "schedule: a sweep takes scope, update and steps from the grid; pass scopes=, "
+            "updates= and steps= instead"
         )
-        plan.append((settings, points))
-    total = sum(len(p) for _, p in plan)
-    rows: list[dict] = []
-    bar = tqdm(total=total, desc="sweep", unit="pt", disable=not progress)
-    store = _SharedWork(model, examples, base_layout, loss_fn)
-    try:
-        for settings, points in sorted(plan, key=lambda sp: sp[0].gradient_key):
-            layout = settings.layout(model, names, pattern)
-            pending = []
-            for point in points:
-                key = None
-                if folder is not None:
-                    key = _point_key(
-                        base_key,
-                        prefix_hash[settings.examples_needed],
-                        settings,
-                        point,
-                        recalibrate_bn,
-                    )
-                    row = _read_cached(folder, key, keep_masks)
-                    if row is not None:
-                        rows.append({**row, "cached": True})
-                        bar.update(1)
-                        continue
-                pending.append((point, key))
-            if not pending:
-                continue
-            start = time.perf_counter()
-            curvature = store.curvature(settings, layout, max_memory_gb)
-            inverse_diag = curvature.inverse_diag()
-            curvature_s = time.perf_counter() - start
+    if options.recalibrate_bn and data is None:
+        raise ValueError("recalibrate_bn=True needs data=<loader>")
+    run = _SweepRun(model, data, eval_data, grid, base, schedule, options, cache, keep_masks)
+    return run.rows()
 
-            def provider(
-                step,
+
+class _SweepRun:
+    """One sweep: the shared work, the cache and the rows."""
+
+    def __init__(self, model, data, eval_data, grid, base, schedule, options, cache, keep_masks):
+        self.model, self.data, self.grid = model, data, grid
+        self.schedule, self.options, self.keep_masks = schedule, options, keep_masks
+        self.settings = grid.settings(base)
+        self.evals = _eval_sets(eval_data if eval_data is not None else data)
+        needed = max(s.examples_needed for s in self.settings)
+        self.examples = take_examples(data, needed) if needed else []
+        base_layout = model_layout(model, options.names, options.pattern, "layer")
+        self.folder = _cache_folder(cache)
+        if self.folder is not None:
+            self.base_key = self._base_key(base_layout)
+            counts = {s.examples_needed for s in self.settings}
+            self.prefix_hash = _prefix_hashes(self.examples, counts)
+        self.store = _SharedWork(model, self.examples, base_layout, options)
+
+    def _base_key(self, base_layout) -> dict:
+        recalibrate = self.options.recalibrate_bn
+        return {
+            "version": [wfexplore.__version__, CACHE_VERSION],
+            "model": model_fingerprint(self.model),
+            "selection": base_layout.names,
+            "loss_fn": _callable_name(self.options.loss_fn),
+            "eval": {name: data_fingerprint(loader) for name, loader in self.evals.items()},
+            "bn_data": data_fingerprint(self.data) if recalibrate else None,
+            "bn_batches": self.options.bn_batches,
+            "min_density": self.schedule.min_density,
+            "schedule_power": self.schedule.schedule_power,
+            "device": next(self.model.parameters()).device.type,
+        }
+
+    def rows(self) -> pd.DataFrame:
+        dense_copy = copy.deepcopy(self.model)
+        loss_fn = self.options.loss_fn
+        self.dense = {
+            name: evaluate_model(dense_copy, loader, loss_fn=loss_fn, name="eval_data")
+            for name, loader in self.evals.items()
+        }
+        del dense_copy
+        plan = [(s, self.grid.points(s.method)) for s in self.settings]
+        total = sum(len(points) for _, points in plan)
+        rows: list[dict] = []
+        self.bar = tqdm(total=total, desc="sweep", unit="pt", disable=not self.options.progress)
+        try:
+            for settings, points in sorted(plan, key=lambda sp: sp[0].gradient_key):
+                rows += self._setting_rows(settings, points)
+                self.store.release(settings, self.settings)
+        finally:
+            self.bar.close()
+        return pd.DataFrame(rows)
+
+    def _setting_rows(self, settings: PruningSettings, points: list[tuple]) -> list[dict]:
+        """The rows of one curvature setting: cached ones read, the others pruned."""
+        rows, pending = [], []
+        for point in points:
+            key = None
+            if self.folder is not None:
+                prefix = self.prefix_hash[settings.examples_needed]
+                key = _point_key(self.base_key, prefix, settings, point, self.options)
+                row = _read_cached(self.folder, key, self.keep_masks)
+                if row is not None:
+                    rows.append({**row, "cached": True})
+                    self.bar.update(1)
+                    continue
+            pending.append((point, key))
+        if not pending:
+            return rows
+        layout = self.options.layout(self.model, settings)
+        start = time.perf_counter()
+        curvature = self.store.curvature(settings, layout)
+        inverse_diag = curvature.inverse_diag()
+        curvature_s = time.perf_counter() - start
+        examples, options = self.examples, self.options
+
+        def provider(step, work, keep):
+            if step == 1:
+                return curvature, inverse_diag
+            return method_curvature(
                 work,
-                keep,
-                curvature=curvature,
-                inverse_diag=inverse_diag,
-                settings=settings,
-                layout=layout,
-            ):
-                if step == 1:
-                    return curvature, inverse_diag
-                return estimate_curvature(
-                    work,
-                    examples,
-                    layout,
-                    settings,
-                    keep=keep,
-                    loss_fn=loss_fn,
-                    max_memory_gb=max_memory_gb,
-                ), None
+                examples,
+                layout,
+                settings,
+                keep=keep,
+                loss_fn=options.loss_fn,
+                max_memory_gb=options.max_memory_gb,
+            ), None
 
-            for (scope, update, k, sparsity), key in pending:
-                bar.set_postfix_str(f"{settings.method} s={sparsity:g}")
-                t0 = time.perf_counter()
-                result = run_pruning(
-                    model,
-                    layout,
-                    provider,
-                    sparsity,
-                    scope=scope,
-                    update=update,
-                    steps=k,
-                    schedule_power=schedule_power,
-                    min_density=min_density,
-                    eval_data=None,
-                    bn_data=data if recalibrate_bn else None,
-                    bn_batches=bn_batches,
-                    loss_fn=loss_fn,
-                    max_memory_gb=max_memory_gb,
-                    progress=False,
-                )
-                prune_s = time.perf_counter() - t0
-                row = _row(settings, scope, update, k, sparsity, result.summary)
-                row["curvature"] = curvature.kind
-                for name, loader in evals.items():
-                    after = evaluate_model(result.model, loader, loss_fn=loss_fn, name="eval_data")
-                    row.update(_metrics(name, after, dense[name], len(evals) > 1))
-                row.update(curvature_s=curvature_s, prune_s=prune_s)
-                masks = _pruned_masks(model, result) if keep_masks else {}
-                if folder is not None:
-                    _write_cached(folder, key, row, masks)
-                rows.append({**row, **masks, "cached": False})
-                bar.update(1)
-            store.release(settings, [s for s, _ in plan])
-    finally:
-        bar.close()
-    return pd.DataFrame(rows)
+        for point, key in pending:
+            rows.append(self._point_row(settings, layout, provider, point, key, curvature_s))
+        return rows
+
+    def _point_row(self, settings, layout, provider, point, key, curvature_s) -> dict:
+        scope, update, steps, sparsity = point
+        self.bar.set_postfix_str(f"{settings.method} s={sparsity:g}")
+        t0 = time.perf_counter()
+        result = run_pruning(
+            self.model,
+            layout,
+            provider,
+            sparsity,
+            schedule=replace(self.schedule, scope=scope, update=update, steps=steps),
+            options=replace(self.options, progress=False),
+            bn_data=self.data,
+        )
+        prune_s = time.perf_counter() - t0
+        row = _row(settings, scope, update, steps, sparsity, result.summary)
+        row["curvature"] = result.steps["curvature"].iloc[0]
+        for name, loader in self.evals.items():
+            after = evaluate_model(
+                result.model, loader, loss_fn=self.options.loss_fn, name="eval_data"
+            )
+            row.update(_metrics(name, after, self.dense[name], len(self.evals) > 1))
+        row.update(curvature_s=curvature_s, prune_s=prune_s)
+        masks = _pruned_masks(self.model, result) if self.keep_masks else {}
+        if self.folder is not None:
+            _write_cached(self.folder, key, row, masks)
+        self.bar.update(1)
+        return {**row, **masks, "cached": False}
 
 
 # --- the grid --------------------------------------------------------------------------------
-def _check_grid(methods, sparsities, scopes, updates, dampings, num_samples, block_sizes, steps):
-    def as_list(values, name):
-        if isinstance(values, str | int | float) or values is None:
-            values = [values]
-        values = list(values)
-        if not values:
-            raise ValueError(f"{name}: give at least one value")
-        return values
-
-    grid = {
-        "methods": [one_of(m, "methods", METHODS) for m in as_list(methods, "methods")],
-        "sparsities": [check_sparsity(s, "sparsities") for s in as_list(sparsities, "sparsities")],
-        "scopes": [one_of(s, "scopes", SCOPES) for s in as_list(scopes, "scopes")],
-        "updates": [one_of(u, "updates", UPDATES) for u in as_list(updates, "updates")],
-        "dampings": [
-            positive_float(x, "dampings", "e.g. dampings=(1e-3, 1e-5)")
-            for x in as_list(dampings, "dampings")
-        ],
-        "num_samples": [
-            positive_int(m, "num_samples", "e.g. num_samples=(256,)")
-            for m in as_list(num_samples, "num_samples")
-        ],
-        "block_sizes": as_list(block_sizes, "block_sizes"),
-        "steps": [
-            positive_int(k, "steps", "steps=1 is one-shot pruning") for k in as_list(steps, "steps")
-        ],
-    }
-    return {k: list(dict.fromkeys(v)) for k, v in grid.items()}
-
-
-def _settings_grid(grid, common) -> list[PruningSettings]:
-    out = []
-    for method in grid["methods"]:
-        if method == "magnitude":
-            out.append(PruningSettings("magnitude", **common))
-            continue
-        blocks = grid["block_sizes"] if method == "woodfisher" else [128]
-        for lam, m, b in itertools.product(grid["dampings"], grid["num_samples"], blocks):
-            out.append(PruningSettings(method, damping=lam, num_samples=m, block_size=b, **common))
-    return list(dict.fromkeys(out))
-
-
 def _eval_sets(eval_data) -> dict[str, Iterable]:
     if eval_data is None:
         raise ValueError("eval_data: pass a loader (or a name → loader map) to evaluate on")
@@ -332,48 +329,64 @@ def _row(settings: PruningSettings, scope, update, steps, sparsity, summary) -> 
 
 # --- shared work -----------------------------------------------------------------------------
 class _SharedWork:
-    """Gradient samples and K-FAC factors of the dense model, kept while settings need them."""
+    """Gradient samples, K-FAC factors and undamped curvatures of the dense model, kept while
+    settings need them: one M serves every λ."""
 
-    def __init__(self, model, examples, layout, loss_fn):
-        self.model, self.examples, self.layout, self.loss_fn = model, examples, layout, loss_fn
+    def __init__(self, model, examples, layout, options: RunOptions):
+        self.model, self.examples, self.layout, self.options = model, examples, layout, options
         self.gradients: dict[tuple, torch.Tensor] = {}
-        self.kfac: dict[tuple, tuple[KFACCurvature, float]] = {}
+        self.curvatures: dict[tuple, Curvature] = {}
 
-    def curvature(self, settings: PruningSettings, layout, max_memory_gb: float) -> Curvature:
-        if settings.method == "magnitude":
+    def curvature(self, settings: PruningSettings, layout) -> DampedCurvature:
+        """C = M + λI of ``settings``, M built once per (gradients, representation, blocks)."""
+        representation = settings.curvature_representation
+        key = (settings.gradient_key, representation, layout.signature)
+        if key not in self.curvatures:
+            self.curvatures[key] = self._undamped(settings, layout)
+        return self.curvatures[key].damped(
+            settings.curvature_damping, relative=settings.relative_damping
+        )
+
+    def _undamped(self, settings: PruningSettings, layout) -> Curvature:
+        representation = settings.curvature_representation
+        if representation == "identity":
             return IdentityCurvature(layout)
-        key = settings.gradient_key
         common = {
             "batch_size": settings.batch_size,
-            "loss_fn": self.loss_fn,
+            "loss_fn": self.options.loss_fn,
             "fisher": settings.fisher,
             "seed": settings.seed,
             "progress": False,
         }
-        if settings.method == "kfac":
-            if key not in self.kfac:
-                base = KFACCurvature.from_model(
-                    self.model, self.examples, layout, settings.num_samples, 1.0, **common
-                )
-                self.kfac[key] = (base, float((base.diag() - base.damping).mean()))
-            base, mean_diag = self.kfac[key]
-            return base.with_damping(
-                resolve_damping(settings.damping, settings.relative_damping, mean_diag)
+        if representation == "kfac":
+            return estimate_curvature(
+                self.model,
+                self.examples,
+                representation="kfac",
+                layout=layout,
+                num_samples=settings.num_samples,
+                **common,
             )
+        key = settings.gradient_key
         if key not in self.gradients:
             self.gradients[key] = gradient_samples(
                 self.model, self.examples, self.layout, settings.num_samples, **common
             )
-        return curvature_from_gradients(
-            settings, layout, self.gradients[key], max_memory_gb=max_memory_gb
+        return from_gradients(
+            self.gradients[key],
+            layout,
+            representation,
+            max_memory_gb=self.options.max_memory_gb,
         )
 
     def release(self, done: PruningSettings, all_settings: list[PruningSettings]) -> None:
         """Drop shared work that no later setting uses (settings run sorted by gradient key)."""
         later = {s.gradient_key for s in all_settings if s.gradient_key > done.gradient_key}
-        for store in (self.gradients, self.kfac):
-            for key in [k for k in store if k not in later and k != done.gradient_key]:
-                del store[key]
+        later.add(done.gradient_key)
+        for key in [k for k in self.gradients if k not in later]:
+            del self.gradients[key]
+        for key in [k for k in self.curvatures if k[0] not in later]:
+            del self.curvatures[key]
 
 
 # --- fingerprints and the cache ----------------------------------------------------------------
@@ -418,7 +431,7 @@ def _callable_name(fn) -> str:
     return f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', repr(fn))}"
 
 
-def _point_key(base, examples_hash, settings, point, recalibrate_bn) -> str:
+def _point_key(base, examples_hash, settings, point, options: RunOptions) -> str:
     scope, update, steps, sparsity = point
     payload = {
         **base,
@@ -428,7 +441,7 @@ def _point_key(base, examples_hash, settings, point, recalibrate_bn) -> str:
         "update": update,
         "steps": steps,
         "sparsity": sparsity,
-        "recalibrate_bn": recalibrate_bn,
+        "recalibrate_bn": options.recalibrate_bn,
     }
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -503,4 +516,4 @@ def _read_masks(path: Path, shapes: dict[str, list[int]]) -> dict[str, dict[str,
     return out
 
 
-__all__ = ["data_fingerprint", "model_fingerprint", "sweep"]
+__all__ = ["SweepGrid", "data_fingerprint", "model_fingerprint", "sweep"]
