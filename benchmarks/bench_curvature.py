@@ -1,9 +1,9 @@
 """Benchmark of the curvature core: key figures measured side by side in one run.
 
 P1  Dense block inverse of the empirical Fisher, B = 100: the fast exact path
-    (``DenseBlockCurvature.from_gradients`` = batched GᵀG + one batched Cholesky, then
-    ``inverse_diag``) against the paper's Woodbury recursion (``woodbury_fisher`` then
-    ``inverse_diag``), both in float64 from float32 gradients; times, speedup, and the max
+    (``from_gradients(…, "dense")`` = batched GᵀG, then ``inverse_diag(λ)`` = one batched
+    Cholesky) against the paper's Woodbury recursion (``from_gradients(…, "woodbury")`` then
+    ``inverse_diag(λ)``), both in float64 from float32 gradients; times, speedup, and the max
     relative error of diag(F_λ⁻¹) against an independent float64 reference (SVD of each
     block's gradient columns) on blocks whose dampened condition number is 1e6. The
     recursion is first timed on a pilot of evenly spread blocks; it runs at full size when
@@ -273,13 +273,13 @@ def _flat_layout(d: int, block):
 
 
 def _woodbury_inverse_diag(g: torch.Tensor, layout, lam: float) -> torch.Tensor:
-    from wfexplore.curvature import woodbury_fisher
+    from wfexplore.curvature import from_gradients
 
-    return woodbury_fisher(g, layout, lam).inverse_diag()
+    return from_gradients(g, layout, "woodbury").inverse_diag(lam)
 
 
 def run_p1(args, table: Table) -> dict:
-    from wfexplore.curvature import DenseBlockCurvature
+    from wfexplore.curvature import from_gradients
 
     block, m, lam = 100, args.p1_samples, args.damping
     num_blocks = args.p1_dim // block
@@ -290,13 +290,13 @@ def run_p1(args, table: Table) -> dict:
     layout = _flat_layout(d, block)
 
     # fast exact path: warm up once at full size (touches the memory it needs), then time
-    warm = DenseBlockCurvature.from_gradients(g, layout, lam)
-    warm.inverse_diag()
+    warm = from_gradients(g, layout, "dense")
+    warm.inverse_diag(lam)
     del warm
     gc.collect()
-    fast, c_build = _timed(lambda: DenseBlockCurvature.from_gradients(g, layout, lam))
+    fast, c_build = _timed(lambda: from_gradients(g, layout, "dense"))
     load_build = os.getloadavg()[0]
-    fast_diag, c_inv = _timed(fast.inverse_diag)
+    fast_diag, c_inv = _timed(partial(fast.inverse_diag, lam))
     load_inv = os.getloadavg()[0]
     c_fast = c_build + c_inv
     del fast
@@ -411,7 +411,7 @@ def run_p1(args, table: Table) -> dict:
 def p2_child(m: int, damping: float, seed: int, width_div: int = 1) -> dict:
     """Runs in a fresh interpreter; returns timings, checks and its own peak RSS."""
     rss_torch = _rss_gb()  # this script imports only torch (and the standard library) at the top
-    from wfexplore.curvature import LowRankCurvature
+    from wfexplore.curvature import from_gradients
     from wfexplore.params import AnalysedParameter, ParameterLayout
 
     rss_imports = _rss_gb()
@@ -430,11 +430,16 @@ def p2_child(m: int, damping: float, seed: int, width_div: int = 1) -> dict:
 
     # warm-up on a small layout (kernels, thread pool), not on the measured sizes
     small = ParameterLayout([entries[0]], block_size="layer")
-    LowRankCurvature.from_gradients(g[:32, : small.dim], small, damping).inverse_diag()
+    from_gradients(g[:32, : small.dim], small, "lowrank").inverse_diag(damping)
 
-    curv, c_build = _timed(lambda: LowRankCurvature.from_gradients(g, layout, damping))
+    def build():
+        curv = from_gradients(g, layout, "lowrank")
+        curv.factors(damping)  # the Gram matrices and their Cholesky factors
+        return curv
+
+    curv, c_build = _timed(build)
     load_build = os.getloadavg()[0]
-    inv_diag, c_diag = _timed(curv.inverse_diag)
+    inv_diag, c_diag = _timed(lambda: curv.inverse_diag(damping))
     load_diag = os.getloadavg()[0]
 
     def obs_update():
@@ -443,7 +448,7 @@ def p2_child(m: int, damping: float, seed: int, width_div: int = 1) -> dict:
         b = layout.blocks[blk]
         saliency = w[b.start : b.stop].pow(2) / (2 * inv_diag[b.start : b.stop])
         q = int(saliency.argmin())
-        column = curv.inverse_columns(blk, [q])[:, 0]
+        column = curv.inverse_columns(blk, [q], damping)[:, 0]
         return b, q, column, -(w[b.start + q] / inv_diag[b.start + q]) * column
 
     (b, q, column, delta), c_obs = _timed(obs_update)
@@ -487,7 +492,7 @@ def p2_child(m: int, damping: float, seed: int, width_div: int = 1) -> dict:
 
 def run_p2(args, table: Table) -> dict:
     m = args.p2_samples
-    print(f"[P2] fresh subprocess: LowRankCurvature, whole-layer blocks, m={m}…")
+    print(f"[P2] fresh subprocess: low-rank curvature, whole-layer blocks, m={m}…")
     cmd = [sys.executable, os.path.abspath(__file__), "--p2-child", f"--p2-samples={m}"]
     cmd += [f"--damping={args.damping}", f"--seed={args.seed}"]
     cmd += [f"--p2-width-div={args.p2_width_div}"]

@@ -23,7 +23,7 @@ import torch
 from wfexplore.data import digits_loaders
 from wfexplore.pruning import (
     PruningSettings,
-    estimate_curvature,
+    method_curvature,
     obs_saliency,
     prune_model,
     select_pruned,
@@ -118,7 +118,7 @@ def group_vs_summed(model, train, args, repeats=7):
         ("K-FAC per layer", PruningSettings("kfac", lam, m)),
     ):  # fmt: skip
         layout = settings.layout(model)
-        curvature = estimate_curvature(model, examples, layout, settings)
+        curvature = method_curvature(model, examples, layout, settings)
         w = layout.flatten(model).to(torch.float64)
         inverse_diag = curvature.inverse_diag()
         pruned = select_pruned(obs_saliency(w, inverse_diag), layout, 0.9)

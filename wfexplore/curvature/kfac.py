@@ -280,71 +280,88 @@ def kronecker_factors(
     work = copy.deepcopy(model).eval()
     for p in work.parameters():
         p.requires_grad_(True)
-    modules = _kfac_modules(work, layout)
+    sums = _FactorSums(_kfac_modules(work, layout), dtype)
     device = next(work.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
-
-    sums_A: dict[str, torch.Tensor] = {}
-    sums_S: dict[str, torch.Tensor] = {}
-    caught: dict[str, list] = {}
-
-    def hook(name):
-        def catch(module, inputs, output):
-            caught.setdefault(name, []).append((inputs[0].detach(), output))
-
-        return catch
-
-    handles = [m.register_forward_hook(hook(name)) for name, m in modules.items()]
     bar = tqdm(total=num_samples, desc="K-FAC factors", unit="g", disable=not progress)
-    seen = 0
     try:
         for x, y in chunks:
             x, y = x.to(device), y.to(device)
-            caught.clear()
-            out = work(x)
+            out = sums.forward(work, x)
             if fisher == "true":  # y ~ softmax(f(x)), seeded, from the same forward pass
                 probs = torch.softmax(out.detach().double(), dim=-1)
                 y = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
             groups = x.shape[0] // batch_size
-            loss = loss_fn(out, y) * groups  # Σ over groups of the group's mean loss
-            for name in modules:
-                if len(caught.get(name, ())) != 1:
-                    raise ValueError(
-                        f"K-FAC: module {name!r} ran {len(caught.get(name, ()))} times in one "
-                        "forward pass; it needs exactly one call per layer"
-                    )
-            outputs = [caught[name][0][1] for name in modules]
-            grads = torch.autograd.grad(loss, outputs)
-            for (name, module), g in zip(modules.items(), grads, strict=True):
-                a = _patches(module, caught[name][0][0]).to(dtype)  # (N, T, in)
-                s = g.to(dtype)
-                s = s.movedim(1, -1) if not isinstance(module, nn.Linear) else s
-                s = s.reshape(-1, s.shape[-1])  # (N·T, out)
-                per_location = a.reshape(-1, a.shape[-1])
-                a_sum = per_location.T @ per_location / a.shape[1]
-                s_sum = s.T @ s
-                if name in sums_A:
-                    sums_A[name] += a_sum
-                    sums_S[name] += s_sum
-                else:
-                    sums_A[name], sums_S[name] = a_sum, s_sum
-            seen += groups
+            sums.backward(loss_fn(out, y) * groups, groups)  # Σ of the groups' mean losses
             bar.update(groups)
     finally:
         bar.close()
-        for h in handles:
+        sums.close()
+    return sums.factors(layout, batch_size, device)
+
+
+class _FactorSums:
+    """Σ_n (1/T) Σ_t a_t a_tᵀ and Σ_n Σ_t s_t s_tᵀ per module, from hooked forward passes."""
+
+    def __init__(self, modules: dict[str, nn.Module], dtype: torch.dtype):
+        self.modules, self.dtype = modules, dtype
+        self.sums_A: dict[str, torch.Tensor] = {}
+        self.sums_S: dict[str, torch.Tensor] = {}
+        self.caught: dict[str, list] = {}
+        self.seen = 0
+        self.handles = [m.register_forward_hook(self._hook(name)) for name, m in modules.items()]
+
+    def _hook(self, name: str):
+        def catch(module, inputs, output):
+            self.caught.setdefault(name, []).append((inputs[0].detach(), output))
+
+        return catch
+
+    def forward(self, work: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        self.caught.clear()
+        out = work(x)
+        for name in self.modules:
+            if len(self.caught.get(name, ())) != 1:
+                raise ValueError(
+                    f"K-FAC: module {name!r} ran {len(self.caught.get(name, ()))} times in one "
+                    "forward pass; it needs exactly one call per layer"
+                )
+        return out
+
+    def backward(self, loss: torch.Tensor, groups: int) -> None:
+        outputs = [self.caught[name][0][1] for name in self.modules]
+        grads = torch.autograd.grad(loss, outputs)
+        for (name, module), g in zip(self.modules.items(), grads, strict=True):
+            a = _patches(module, self.caught[name][0][0]).to(self.dtype)  # (N, T, in)
+            s = g.to(self.dtype)
+            s = s.movedim(1, -1) if not isinstance(module, nn.Linear) else s
+            s = s.reshape(-1, s.shape[-1])  # (N·T, out)
+            per_location = a.reshape(-1, a.shape[-1])
+            a_sum = per_location.T @ per_location / a.shape[1]
+            s_sum = s.T @ s
+            if name in self.sums_A:
+                self.sums_A[name] += a_sum
+                self.sums_S[name] += s_sum
+            else:
+                self.sums_A[name], self.sums_S[name] = a_sum, s_sum
+        self.seen += groups
+
+    def close(self) -> None:
+        for h in self.handles:
             h.remove()
 
-    factors = []
-    one = torch.ones(1, 1, dtype=dtype, device=device)
-    for p in layout.parameters:
-        S = sums_S[p.module_name] / seen
-        is_bias = p.name.rpartition(".")[2] == "bias"
-        A = one if is_bias else sums_A[p.module_name] / (seen * batch_size)
-        if not (torch.isfinite(A).all() and torch.isfinite(S).all()):
-            raise FloatingPointError(
-                f"non-finite K-FAC factors for {p.name}; check the model's outputs, inputs and "
-                "loss for NaN/inf"
-            )
-        factors.append(KroneckerFactors.from_factors(A, S))
-    return factors
+    def factors(self, layout: ParameterLayout, batch_size: int, device) -> list[KroneckerFactors]:
+        """A = Σ_A / (m·b) (A = [1] for a bias), S = Σ_S / m; non-finite factors are refused."""
+        out = []
+        one = torch.ones(1, 1, dtype=self.dtype, device=device)
+        for p in layout.parameters:
+            S = self.sums_S[p.module_name] / self.seen
+            is_bias = p.name.rpartition(".")[2] == "bias"
+            A = one if is_bias else self.sums_A[p.module_name] / (self.seen * batch_size)
+            if not (torch.isfinite(A).all() and torch.isfinite(S).all()):
+                raise FloatingPointError(
+                    f"non-finite K-FAC factors for {p.name}; check the model's outputs, inputs "
+                    "and loss for NaN/inf"
+                )
+            out.append(KroneckerFactors.from_factors(A, S))
+        return out

@@ -24,6 +24,7 @@ import json
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -51,6 +52,13 @@ from wfexplore.pruning.estimation import (
     with_changes,
 )
 from wfexplore.pruning.evaluation import evaluate_model
+from wfexplore.pruning.fingerprints import (
+    Unfingerprintable,
+    callable_key,
+    data_fingerprint,
+    model_fingerprint,
+    update_with_tensor,
+)
 from wfexplore.pruning.masks import SCOPES, check_sparsity
 from wfexplore.pruning.prune import PruningSchedule, RunOptions, run_pruning
 from wfexplore.pruning.updates import UPDATES
@@ -126,6 +134,7 @@ def sweep(
     schedule: PruningSchedule | None = None,
     options: RunOptions | None = None,
     cache: bool | str | Path = True,
+    cache_key: str | None = None,
     keep_masks: bool = False,
     **changes,
 ) -> pd.DataFrame:
@@ -138,10 +147,13 @@ def sweep(
     ``batch_size=4``, ``min_density=0.1``, ``progress=False``). Inapplicable settings are
     left empty (NaN/None) rather than repeated. ``eval_data`` is a loader or a name →
     loader map (columns ``<name>_loss``…); default ``data``. ``cache``: True for
-    ``cache_dir()/sweeps``, a folder, or False. With ``keep_masks`` every row also holds
-    what was pruned, so that nothing needs pruning twice: ``masks`` (parameter → keep
-    mask, True = kept) and ``moved`` (parameter → True where a kept weight was changed by
-    the update), both cached beside the row.
+    ``cache_dir()/sweeps``, a folder, or False. The cache key covers the model's tensors
+    and plain attributes and the loss function's settings; where those cannot be seen (a
+    lambda, a closure, an attribute of unknown state) the sweep does not cache, with a
+    warning, unless ``cache_key`` (a string naming what they are) is given. With
+    ``keep_masks`` every row also holds what was pruned, so that nothing needs pruning
+    twice: ``masks`` (parameter → keep mask, True = kept) and ``moved`` (parameter → True
+    where a kept weight was changed by the update), both cached beside the row.
 
     The curvature examples are the first m·b of one pass over ``data``: a shuffling
     ``DataLoader`` gives other examples on every call (and so misses the cache); pass a
@@ -159,35 +171,59 @@ def sweep(
         )
     if options.recalibrate_bn and data is None:
         raise ValueError("recalibrate_bn=True needs data=<loader>")
-    run = _SweepRun(model, data, eval_data, grid, base, schedule, options, cache, keep_masks)
+    run = _SweepRun(model, data, eval_data, grid, base, schedule, options, keep_masks)
+    run.open_cache(cache, cache_key)
     return run.rows()
 
 
 class _SweepRun:
     """One sweep: the shared work, the cache and the rows."""
 
-    def __init__(self, model, data, eval_data, grid, base, schedule, options, cache, keep_masks):
+    def __init__(self, model, data, eval_data, grid, base, schedule, options, keep_masks):
         self.model, self.data, self.grid = model, data, grid
         self.schedule, self.options, self.keep_masks = schedule, options, keep_masks
         self.settings = grid.settings(base)
         self.evals = _eval_sets(eval_data if eval_data is not None else data)
         needed = max(s.examples_needed for s in self.settings)
         self.examples = take_examples(data, needed) if needed else []
-        base_layout = model_layout(model, options.names, options.pattern, "layer")
-        self.folder = _cache_folder(cache)
-        if self.folder is not None:
-            self.base_key = self._base_key(base_layout)
-            counts = {s.examples_needed for s in self.settings}
-            self.prefix_hash = _prefix_hashes(self.examples, counts)
-        self.store = _SharedWork(model, self.examples, base_layout, options)
+        self.base_layout = model_layout(model, options.names, options.pattern, "layer")
+        self.folder = None
+        self.store = _SharedWork(model, self.examples, self.base_layout, options)
 
-    def _base_key(self, base_layout) -> dict:
+    def open_cache(self, cache, cache_key: str | None) -> None:
+        """The cache folder and the key of everything the rows depend on (or no caching)."""
+        folder = _cache_folder(cache)
+        if folder is None:
+            return
+        if cache_key is not None and not isinstance(cache_key, str):
+            raise TypeError(f"cache_key must be a string, got {type(cache_key).__name__}")
+        try:
+            seen = {
+                "model": model_fingerprint(self.model),
+                "loss_fn": callable_key(self.options.loss_fn),
+            }
+        except Unfingerprintable as err:
+            if cache_key is None:
+                warnings.warn(
+                    f"caching is off for this sweep: {err}, so a cached row could belong to "
+                    "another experiment; pass cache_key='<what the model and loss are>' to "
+                    "cache anyway, or cache=False to silence this",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                return
+            seen = {"model": model_fingerprint_or_none(self.model)}
+        seen["cache_key"] = cache_key
+        self.folder = folder
+        self.base_key = {**self._base_key(), **seen}
+        counts = {s.examples_needed for s in self.settings}
+        self.prefix_hash = _prefix_hashes(self.examples, counts)
+
+    def _base_key(self) -> dict:
         recalibrate = self.options.recalibrate_bn
         return {
             "version": [wfexplore.__version__, CACHE_VERSION],
-            "model": model_fingerprint(self.model),
-            "selection": base_layout.names,
-            "loss_fn": _callable_name(self.options.loss_fn),
+            "selection": self.base_layout.names,
             "eval": {name: data_fingerprint(loader) for name, loader in self.evals.items()},
             "bn_data": data_fingerprint(self.data) if recalibrate else None,
             "bn_batches": self.options.bn_batches,
@@ -389,30 +425,13 @@ class _SharedWork:
             del self.curvatures[key]
 
 
-# --- fingerprints and the cache ----------------------------------------------------------------
-def _update_with_tensor(h, tensor: torch.Tensor) -> None:
-    t = tensor.detach().cpu().contiguous()
-    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-
-
-def model_fingerprint(model: nn.Module) -> str:
-    """SHA-256 of the architecture (class and repr) and every tensor of the state dict."""
-    h = hashlib.sha256()
-    h.update(f"{type(model).__module__}.{type(model).__qualname__}\n{model!r}".encode())
-    for name, tensor in model.state_dict().items():
-        h.update(name.encode())
-        _update_with_tensor(h, tensor)
-    return h.hexdigest()
-
-
-def data_fingerprint(data: Iterable) -> str:
-    """SHA-256 of every (inputs, targets) batch a loader yields (one pass)."""
-    h = hashlib.sha256()
-    for batch in data:
-        _update_with_tensor(h, batch[0])
-        _update_with_tensor(h, batch[1])
-    return h.hexdigest()
+# --- the cache --------------------------------------------------------------------------------
+def model_fingerprint_or_none(model: nn.Module) -> str | None:
+    """The model's fingerprint, or None where its state is not visible (a cache_key names it)."""
+    try:
+        return model_fingerprint(model)
+    except Unfingerprintable:
+        return None
 
 
 def _prefix_hashes(examples: list[tuple], counts: set[int]) -> dict[int, str]:
@@ -421,14 +440,10 @@ def _prefix_hashes(examples: list[tuple], counts: set[int]) -> dict[int, str]:
     out = {}
     for n in counts:
         h = hashlib.sha256()
-        _update_with_tensor(h, xs[:n])
-        _update_with_tensor(h, ys[:n])
+        update_with_tensor(h, xs[:n])
+        update_with_tensor(h, ys[:n])
         out[n] = h.hexdigest()
     return out
-
-
-def _callable_name(fn) -> str:
-    return f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', repr(fn))}"
 
 
 def _point_key(base, examples_hash, settings, point, options: RunOptions) -> str:
@@ -516,4 +531,4 @@ def _read_masks(path: Path, shapes: dict[str, list[int]]) -> dict[str, dict[str,
     return out
 
 
-__all__ = ["SweepGrid", "data_fingerprint", "model_fingerprint", "sweep"]
+__all__ = ["SweepGrid", "sweep"]
