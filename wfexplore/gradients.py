@@ -88,8 +88,7 @@ def iter_gradient_chunks(
             x, y = x.to(device), y.to(device)
             if fisher == "true":
                 y = sample_labels(plain_forward(work, x), loss_fn, generator)
-            outputs = check_batch(work, x[:batch_size], y[:batch_size], loss_fn)
-            check_targets(outputs, y, loss_fn)
+            check_batch(work, x, y, loss_fn, probe=batch_size)
             n = x.shape[0] // batch_size
             x = x.reshape(n, batch_size, *x.shape[1:])
             y = y.reshape(n, batch_size, *y.shape[1:])
@@ -234,10 +233,11 @@ def check_targets(outputs: torch.Tensor, y: torch.Tensor, loss_fn: LossFn) -> No
     if not isinstance(y, torch.Tensor):
         raise TypeError(f"targets: expected a tensor, got {type(y).__name__}")
     out_shape, y_shape = tuple(outputs.shape), tuple(y.shape)
+    out_n, y_n = _batch_shape(out_shape), _batch_shape(y_shape)
     if kind == "mse":
         if y_shape[1:] != out_shape[1:]:
             raise ValueError(
-                f"targets: shape {y_shape} differs from the outputs' {out_shape}; mse_loss would "
+                f"targets: shape {y_n} differs from the outputs' {out_n}; mse_loss would "
                 "broadcast them into a wrong loss: reshape the targets like the outputs "
                 f"(e.g. y.view(-1, {', '.join(map(str, out_shape[1:])) or '1'}))"
             )
@@ -249,25 +249,25 @@ def check_targets(outputs: torch.Tensor, y: torch.Tensor, loss_fn: LossFn) -> No
         return
     if len(out_shape) < 2:
         raise ValueError(
-            f"model: cross-entropy needs (N, C) class scores, the outputs have shape {out_shape}"
+            f"model: cross-entropy needs (N, C) class scores, the outputs have shape {out_n}"
         )
     classes = out_shape[1]
     if y.is_floating_point():
         if y_shape[1:] == out_shape[1:]:
             return  # class probabilities
         raise ValueError(
-            f"targets: float labels of shape {y_shape}; cross-entropy needs integer class labels "
-            f"of shape (N,) (y.long()) or class probabilities shaped like the outputs {out_shape}"
+            f"targets: float labels of shape {y_n}; cross-entropy needs integer class labels "
+            f"of shape (N,) (y.long()) or class probabilities shaped like the outputs {out_n}"
         )
     expected = out_shape[2:]
     if y_shape[1:] != expected:
         if y_shape[1:] == (1,) and not expected:
             raise ValueError(
-                f"targets: class labels of shape {y_shape}; cross-entropy needs shape (N,): "
+                f"targets: class labels of shape {y_n}; cross-entropy needs shape (N,): "
                 "use y.squeeze(1)"
             )
         raise ValueError(
-            f"targets: shape {y_shape} does not fit outputs of shape {out_shape}; cross-entropy "
+            f"targets: shape {y_n} does not fit outputs of shape {out_n}; cross-entropy "
             f"needs class labels of shape (N{''.join(f', {d}' for d in expected)})"
         )
     ignore = getattr(loss_fn, "ignore_index", -100)
@@ -280,21 +280,30 @@ def check_targets(outputs: torch.Tensor, y: torch.Tensor, loss_fn: LossFn) -> No
         )
 
 
-def check_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn):
-    """One plain forward and loss on a small batch, outside any ``torch.func`` transform.
+def _batch_shape(shape: tuple[int, ...]) -> str:
+    """``(N, 1)`` for a shape ``(48, 1)``: the batch dimension named N."""
+    return "(" + ", ".join(["N", *map(str, shape[1:])]) + ("," if len(shape) == 1 else "") + ")"
 
-    Returns the outputs. A failure here is the batch's or the model's, not vmap's: it is
-    raised with what is wrong (targets, dtypes, a non-tensor output, a loss that is not
-    one number)."""
-    out = plain_forward(model, x)
+
+def check_batch(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn, probe: int = 1
+) -> torch.Tensor:
+    """Check a batch with one plain forward and loss on its first ``probe`` examples,
+    outside any ``torch.func`` transform, and return those outputs.
+
+    A failure here is the batch's or the model's, not vmap's: it is raised with what is
+    wrong (targets of every example, see :func:`check_targets`; dtypes; a non-tensor
+    output; a loss that is not one number)."""
+    out = plain_forward(model, x[:probe])
     check_targets(out, y, loss_fn)
     with torch.no_grad():
         try:
-            loss = loss_fn(out, y)
+            loss = loss_fn(out, y[:probe])
         except Exception as error:
             raise ValueError(
                 f"loss_fn fails on the model's outputs {tuple(out.shape)} and targets "
-                f"{tuple(y.shape)} ({y.dtype}) of a batch ({type(error).__name__}: {error})"
+                f"{tuple(y[:probe].shape)} ({y.dtype}) of a batch ({type(error).__name__}: "
+                f"{error})"
             ) from error
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
@@ -344,7 +353,7 @@ class _GradientComputer:
 
     def group_loss(self, analysed: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         out = functional_call(self.model, (analysed, self.fixed, self.buffers), (x,))
-        return self.loss_fn(out, y)
+        return self.loss_fn(out, y).reshape(())
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.use_vmap:
@@ -366,7 +375,7 @@ class _GradientComputer:
         inputs = [named[name] for name in self.layout.names]
         rows = []
         for xg, yg in zip(x, y, strict=True):
-            loss = self.loss_fn(self.model(xg), yg)
+            loss = self.loss_fn(self.model(xg), yg).reshape(())
             rows.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, inputs)]))
         return torch.stack(rows)
 
