@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from wfexplore.params import AnalysedParameter, ParameterLayout
@@ -32,6 +32,22 @@ def problems(draw):
     )
 
 
+EVERY_WEIGHT = (
+    [3, 2],
+    torch.zeros(5, dtype=torch.float64),
+    torch.zeros(5, dtype=torch.bool),
+    0.9,
+    0.0,
+)
+NOTHING = (
+    [3, 2],
+    torch.ones(5, dtype=torch.float64),
+    torch.tensor([1, 0, 0, 0, 0]).bool(),
+    0.05,
+    0.0,
+)
+
+
 def layout_of(sizes) -> ParameterLayout:
     params, offset = [], 0
     for i, n in enumerate(sizes):
@@ -53,6 +69,8 @@ def select(*args, **kwargs):
 
 @settings(max_examples=100, deadline=None)
 @given(problems())
+@example(EVERY_WEIGHT)
+@example(NOTHING)
 def test_global_selection_is_the_first_count_weights_in_score_order(problem):
     sizes, scores, fixed, sparsity, min_density = problem
     layout, d = layout_of(sizes), sum(sizes)
@@ -80,6 +98,8 @@ def test_global_selection_is_the_first_count_weights_in_score_order(problem):
 
 @settings(max_examples=100, deadline=None)
 @given(problems())
+@example(EVERY_WEIGHT)
+@example(NOTHING)
 def test_layerwise_selection_is_exact_in_every_layer(problem):
     sizes, scores, fixed, sparsity, min_density = problem
     layout = layout_of(sizes)
