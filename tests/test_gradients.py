@@ -136,3 +136,137 @@ def test_custom_loss_is_used(mlp, mlp_loader):
     )
     plain = gradient_samples(mlp, mlp_loader, layout, 5, progress=False)
     torch.testing.assert_close(doubled, 2 * plain, rtol=1e-14, atol=0)
+
+
+# --- a wrong batch is named before vmap, and only vmap's own failures fall back to a loop ---------
+def _no_loop_fallback():
+    import warnings
+
+    context = warnings.catch_warnings()
+    context.__enter__()
+    warnings.simplefilter("error", RuntimeWarning)
+    return context
+
+
+def _with_targets(loader, targets):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    return DataLoader(TensorDataset(loader.dataset.tensors[0], targets), batch_size=16)
+
+
+@pytest.mark.parametrize(
+    ("make_targets", "message"),
+    [
+        (lambda y: y[:, None], r"shape \(N, 1\); cross-entropy needs shape \(N,\): use y.squeeze"),
+        (lambda y: y.double(), "float labels of shape .* integer class labels"),
+        (lambda y: torch.where(y == 2, 7, y), "label 7 is outside the 3 classes"),
+        (lambda y: y - 3, r"label -\d is outside the 3 classes"),
+    ],
+)
+def test_wrong_targets_are_named_without_a_loop_rerun(mlp, mlp_loader, make_targets, message):
+    data = _with_targets(mlp_loader, make_targets(mlp_loader.dataset.tensors[1]))
+    layout = ParameterLayout.from_model(mlp)
+    context = _no_loop_fallback()
+    try:
+        with pytest.raises(ValueError, match=message):
+            gradient_samples(mlp, data, layout, 8, progress=False)
+    finally:
+        context.__exit__(None, None, None)
+
+
+def test_a_dtype_mismatch_is_named(mlp, mlp_loader):
+    x, y = mlp_loader.dataset.tensors
+    data = _with_targets(make_loader(x.float(), 3), y)
+    layout = ParameterLayout.from_model(mlp)
+    with pytest.raises(ValueError, match=r"inputs are torch.float32 but the model's parameters"):
+        gradient_samples(mlp, data, layout, 8, progress=False)
+
+
+class TupleModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        out = self.fc(x)
+        return out, out.sum()
+
+
+def test_a_model_returning_a_tuple_is_named(mlp_loader):
+    model = TupleModel().double()
+    layout = ParameterLayout.from_model(model)
+    with pytest.raises(TypeError, match="forward returned a tuple, not a tensor"):
+        gradient_samples(model, mlp_loader, layout, 8, progress=False)
+
+
+def test_a_loss_that_is_not_one_number_is_named(mlp, mlp_loader):
+    layout = ParameterLayout.from_model(mlp)
+    per_example = nn.CrossEntropyLoss(reduction="none")
+    with pytest.raises(ValueError, match=r"loss_fn must return the mean loss .* reduction='mean'"):
+        gradient_samples(
+            mlp, mlp_loader, layout, 8, batch_size=2, loss_fn=per_example, progress=False
+        )
+
+
+def test_mse_targets_that_would_broadcast_are_refused():
+    model = nn.Linear(6, 1).double()
+    x = torch.randn(20, 6, dtype=torch.float64)
+    from torch.utils.data import DataLoader, TensorDataset
+
+    data = DataLoader(TensorDataset(x, torch.randn(20, dtype=torch.float64)), batch_size=5)
+    layout = ParameterLayout.from_model(model)
+    with pytest.raises(
+        ValueError, match=r"targets: shape \(N,\) differs from the outputs' \(N, 1\)"
+    ):
+        gradient_samples(model, data, layout, 4, batch_size=5, loss_fn=F.mse_loss, progress=False)
+
+
+# --- the true Fisher needs a known likelihood ---------------------------------------------------
+@pytest.mark.parametrize(
+    "loss_fn",
+    [
+        lambda o, y: 2 * F.cross_entropy(o, y),
+        F.l1_loss,
+        nn.CrossEntropyLoss(label_smoothing=0.1),
+        nn.MSELoss(reduction="sum"),
+    ],
+)
+def test_true_fisher_refuses_a_loss_whose_likelihood_is_unknown(mlp, mlp_loader, loss_fn):
+    layout = ParameterLayout.from_model(mlp)
+    with pytest.raises(ValueError, match="fisher='true'.*fisher='empirical'"):
+        gradient_samples(mlp, mlp_loader, layout, 4, fisher="true", loss_fn=loss_fn, progress=False)
+
+
+def test_sample_labels_draws_cross_entropy_classes_and_gaussian_regression_targets():
+    from wfexplore.gradients import sample_labels
+
+    logits = torch.randn(5, 3, 4, dtype=torch.float64)  # (N, C, positions): classes on dim 1
+    labels = sample_labels(logits, nn.CrossEntropyLoss(), torch.Generator().manual_seed(0))
+    assert labels.shape == (5, 4) and labels.dtype == torch.int64
+    assert 0 <= int(labels.min()) and int(labels.max()) < 3
+    outputs = torch.randn(4000, 2, dtype=torch.float64)
+    y = sample_labels(outputs, F.mse_loss, torch.Generator().manual_seed(0))
+    noise = y - outputs
+    torch.testing.assert_close(
+        noise.var(0), torch.full((2,), 1.0, dtype=torch.float64), rtol=0, atol=0.08
+    )  # K/2 = 1
+    again = sample_labels(outputs, nn.MSELoss(), torch.Generator().manual_seed(0))
+    assert torch.equal(y, again)
+
+
+def test_true_fisher_of_mse_is_the_gauss_newton_matrix_of_the_loss():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2).double()
+    x = torch.randn(3000, 3, dtype=torch.float64)
+    data = DataLoader(TensorDataset(x, torch.zeros(3000, 2, dtype=torch.float64)), batch_size=500)
+    layout = ParameterLayout.from_model(model, names=["bias"])  # J = I for the bias
+    g = gradient_samples(
+        model, data, layout, 3000, fisher="true", loss_fn=F.mse_loss, progress=False
+    )
+    fisher = g.T @ g / 3000
+    # K = 2 outputs: ℓ = ½‖f − y‖², σ² = 1, GGN = (2/K) JᵀJ = I
+    torch.testing.assert_close(fisher, torch.eye(2, dtype=torch.float64), rtol=0, atol=0.08)
+    empirical = gradient_samples(model, data, layout, 3000, loss_fn=F.mse_loss, progress=False)
+    assert not torch.allclose(empirical.T @ empirical / 3000, fisher, atol=0.08)

@@ -40,7 +40,9 @@ def test_global_count_is_exact_and_equals_a_hand_sorted_threshold(sparsity):
     assert set(pruned.nonzero()[:, 0].tolist()) == set(by_hand)
 
 
-@pytest.mark.parametrize("sparsity", SPARSITIES)
+# 0.99 rounds to every weight of the layers of 7, 13, 30 and 50: refused, see below
+@pytest.mark.filterwarnings("ignore:sparsity rounds to 0 weights")
+@pytest.mark.parametrize("sparsity", [s for s in SPARSITIES if s < 0.99])
 def test_layerwise_count_is_exact_in_every_layer(sparsity):
     layout = layout_of()
     scores = scores_for(layout)
@@ -141,3 +143,37 @@ def test_keep_masks_round_trip():
     masks = keep_masks(pruned, layout)
     assert list(masks) == layout.names and all(m.dtype == torch.bool for m in masks.values())
     assert torch.equal(pruned_from_masks(masks, layout), pruned)
+
+
+@pytest.mark.parametrize("sparsity", [0.995, 0.999])
+def test_a_global_target_that_rounds_to_every_weight_is_refused(sparsity):
+    layout = layout_of()  # d = 100
+    with pytest.raises(
+        ValueError, match=r"sparsity .* rounds to 100 weights, all 100 analysed"
+    ) as err:
+        select_pruned(scores_for(layout), layout, sparsity, scope="global")
+    assert "largest sparsity that keeps at least one weight is 99/100 = 0.99" in str(err.value)
+    assert int(select_pruned(scores_for(layout), layout, 0.99).sum()) == 99
+
+
+def test_a_layerwise_target_that_empties_a_layer_names_it():
+    layout = layout_of()
+    with pytest.raises(ValueError, match=r"rounds to 7 weights, the 7 weights of l0.weight.*6/7"):
+        select_pruned(scores_for(layout), layout, 0.95, scope="layerwise")
+    with pytest.raises(ValueError, match=r"the 13 weights of l2.weight"):
+        select_pruned(scores_for(layout), layout, {"l2": 0.97}, scope="layerwise")
+
+
+def test_a_positive_target_that_rounds_to_nothing_warns_with_the_count():
+    layout = layout_of()
+    with pytest.warns(RuntimeWarning, match=r"sparsity 0.001 of 100 .* rounds to 0 weights"):
+        pruned = select_pruned(scores_for(layout), layout, 0.001, scope="global")
+    assert not pruned.any()
+    with pytest.warns(RuntimeWarning, match=r"0 weights in 1 layer\(s\): l0.weight \(0.05 of 7"):
+        pruned = select_pruned(scores_for(layout), layout, 0.05, scope="layerwise")
+    assert [int(pruned[p.offset : p.stop].sum()) for p in layout.parameters] == [0, 2, 1, 2]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        select_pruned(scores_for(layout), layout, 0.0, scope="global")  # zero asks for nothing

@@ -28,14 +28,18 @@ def test_selection_by_module_name_parameter_name_and_regex():
     assert ParameterLayout.from_model(model, pattern=r"bias$").names == ["0.bias", "3.bias"]
 
 
+def test_one_string_is_one_name_not_its_characters():
+    model = make_mlp()
+    assert ParameterLayout.from_model(model, names="0.weight").names == ["0.weight"]
+    assert ParameterLayout.from_model(model, names="3").names == ["3.weight"]
+
+
 def test_unknown_name_and_empty_selection_are_refused():
     model = make_mlp()
     with pytest.raises(ValueError, match="names: 'fc9'"):
         ParameterLayout.from_model(model, names=["fc9"])
     with pytest.raises(ValueError, match="selection is empty"):
         ParameterLayout.from_model(model, pattern="nothing-matches")
-    with pytest.raises(TypeError, match="names="):
-        ParameterLayout.from_model(model, names="0.weight")
 
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, "rows", True])

@@ -66,12 +66,41 @@ def test_teach_command_serves_the_teacher_without_code_on_loopback() -> None:
     for arg in (
         "--Voila.ip=127.0.0.1",
         "--port=8123",
-        "--Voila.token=abc123",
         "--strip_sources=True",
         "--no-browser",
     ):
         assert arg in command.argv
     assert command.url == "http://127.0.0.1:8123/?token=abc123"
+
+
+def test_teach_keeps_its_token_off_the_command_line_and_does_not_move_port() -> None:
+    command = servers.teach_command(port=8123, token="abc123")
+    assert not any("abc123" in arg for arg in command.argv)
+    assert command.env == {"JUPYTER_TOKEN": "abc123"}
+    assert "--Voila.auto_token=True" in command.argv  # Voilà then reads JUPYTER_TOKEN
+    assert "--Voila.port_retries=0" in command.argv  # the printed URL is the served one
+
+
+@pytest.mark.parametrize("command", ["lab", "teach"])
+def test_a_busy_port_is_refused_in_one_line_before_anything_starts(
+    command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    import socket
+
+    from wfexplore.cli import main
+
+    started = []
+    monkeypatch.setattr(servers, "_serve", lambda *a, **k: started.append(a) or 0)
+    monkeypatch.chdir(tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        assert main([command, "--port", str(busy), "--no-browser"]) == 2
+    err = capsys.readouterr().err
+    assert f"--port {busy}: 127.0.0.1:{busy} is already in use" in err
+    assert len(err.strip().splitlines()) == 1
+    assert started == []
 
 
 def test_teach_command_names_a_missing_notebook(tmp_path: Path) -> None:

@@ -229,9 +229,94 @@ def test_failed_save_leaves_no_partial_or_temporary_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(training.torch, "save", failing_save)
     cache = tmp_path / "new" / "cache"
-    with pytest.raises(OSError, match="disk full"):
-        pretrained_digits_model("mlp", cache=cache)
+    with pytest.warns(RuntimeWarning, match="disk full"):  # the trained model is kept
+        model = pretrained_digits_model("mlp", cache=cache)
+    assert isinstance(model, DigitsMLP) and not model.training
     assert list(cache.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["file-in-the-way", "read-only"])
+def test_a_cache_that_cannot_be_written_keeps_the_trained_model_with_a_warning(
+    tmp_path, monkeypatch, where
+):
+    monkeypatch.setattr(training, "train_classifier", _no_training(calls := []))
+    if where == "file-in-the-way":
+        blocker = tmp_path / "cache"
+        blocker.write_text("not a folder")
+        cache = blocker / "sub"
+    else:  # root ignores file modes, so refuse the write where the OS would
+        cache = tmp_path / "ro"
+
+        def refuse(*args, **kwargs):
+            raise PermissionError(13, "Permission denied", str(cache))
+
+        monkeypatch.setattr(training.tempfile, "mkstemp", refuse)
+    with pytest.warns(RuntimeWarning, match=r"could not be cached .*WFEXPLORE_CACHE_DIR"):
+        model = pretrained_digits_model("mlp", cache=cache)
+    assert calls == [20] and isinstance(model, DigitsMLP)
+
+
+def test_cache_dir_names_a_variable_that_points_at_a_file(tmp_path, monkeypatch):
+    (tmp_path / "f").write_text("x")
+    monkeypatch.setenv("WFEXPLORE_CACHE_DIR", str(tmp_path / "f"))
+    with pytest.raises(NotADirectoryError, match=r"\$WFEXPLORE_CACHE_DIR=.* is a file"):
+        cache_dir()
+    monkeypatch.delenv("WFEXPLORE_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "f"))
+    with pytest.raises(NotADirectoryError, match=r"\$XDG_CACHE_HOME"):
+        cache_dir()
+
+
+def test_resolve_cache_folder_maps_each_kind_of_argument(tmp_path, monkeypatch):
+    from wfexplore.training import resolve_cache_folder
+
+    monkeypatch.setenv("WFEXPLORE_CACHE_DIR", str(tmp_path / "env"))
+    assert resolve_cache_folder(True, "sweeps") == tmp_path / "env" / "sweeps"
+    assert (tmp_path / "env" / "sweeps").is_dir()
+    assert resolve_cache_folder(tmp_path / "mine", "sweeps") == tmp_path / "mine"
+    assert resolve_cache_folder(str(tmp_path / "s"), "sweeps") == tmp_path / "s"
+    assert resolve_cache_folder(False, "sweeps") is None
+    assert resolve_cache_folder(None, "sweeps") is None
+    with pytest.raises(ValueError, match="cache='' names no folder"):
+        resolve_cache_folder("", "sweeps")
+    for bad in (0, 1, 2.5, ["a"]):
+        with pytest.raises(TypeError, match="cache must be True, False, None or a folder path"):
+            resolve_cache_folder(bad, "sweeps")
+
+
+def test_resolve_cache_folder_says_cache_false_when_it_cannot_write(tmp_path, monkeypatch):
+    from wfexplore.training import resolve_cache_folder
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match=r"is a file.*cache=False"):
+        resolve_cache_folder(tmp_path / "file" / "sweeps", "sweeps")
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    with pytest.raises(PermissionError, match=r"cannot be created .*cache=False"):
+        resolve_cache_folder(tmp_path / "new", "sweeps")
+    monkeypatch.undo()
+    monkeypatch.setattr(training.os, "access", lambda *a, **k: False)
+    with pytest.raises(PermissionError, match=r"not writable.*cache=False"):
+        resolve_cache_folder(tmp_path, "sweeps")
+
+
+def test_digits_model_path_refuses_a_cache_that_is_not_a_path(tmp_path):
+    for bad in ("", 0):
+        with pytest.raises(TypeError, match="cache must be a folder path"):
+            digits_model_path("mlp", bad)
+
+
+def test_training_for_several_epochs_refuses_a_one_shot_iterator():
+    train, _ = digits_loaders(batch_size=64)
+    batches = iter(train)
+    with pytest.raises(
+        ValueError, match="loader: a one-shot iterator .* pass a list or a DataLoader"
+    ):
+        train_classifier(DigitsMLP(), batches, epochs=2, progress=False)
+    train_classifier(DigitsMLP(), [next(iter(train))], epochs=2, progress=False)
 
 
 def test_unknown_kind_lists_valid_kinds(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 
 def positive_int(value, name: str, hint: str) -> int:
@@ -35,3 +36,19 @@ def non_negative_float(value, name: str, hint: str) -> float:
     ):
         raise ValueError(f"{name} must be a finite number ≥ 0, got {value!r}; {hint}")
     return float(value)
+
+
+def check_reusable(data, name: str):
+    """Refuse a one-shot iterator (a generator, ``iter(loader)``: ``iter(x) is x``) where
+    ``data`` is read more than once; a list, a ``DataLoader`` or any re-iterable passes."""
+    if isinstance(data, Iterator):
+        raise ValueError(
+            f"{name}: a one-shot iterator ({type(data).__name__}) is used up by its first pass, "
+            f"but {name} is read more than once here; pass a list or a DataLoader"
+        )
+    if not hasattr(data, "__iter__"):
+        raise TypeError(
+            f"{name} must be an iterable of batches (a list or a DataLoader), "
+            f"got {type(data).__name__}"
+        )
+    return data

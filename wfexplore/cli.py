@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -13,8 +16,80 @@ DIGITS_KINDS = ("mlp", "cnn")  # wfexplore.training.DIGITS_KINDS, without import
 DEFAULT_REPORT = "wfexplore-report.html"
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _damping(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(
+            f"expected a finite positive number such as 1e-4, got {text!r}"
+        )
+    return value
+
+
 def _block_size(text: str):
-    return text if text in ("layer", "model") else int(text)
+    if text in ("layer", "model"):
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer, 'layer' or 'model', got {text!r}"
+        )
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"expected a port number from 1 to 65535, got {text!r} (omit --port for a free one)"
+        )
+    return value
+
+
+def _report_path(text: str) -> Path:
+    """A file the report can be written to, checked before any work: not a folder, under a
+    folder that exists (or can be made) and is writable."""
+    path = Path(text).expanduser()
+    if not text or path.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is a folder, not a file; give a file name such as {path / DEFAULT_REPORT}"
+        )
+    base = path.parent
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"cannot write {text!r}: {base} is a file, so no folder can be made there"
+        )
+    if path.exists() and not os.access(path, os.W_OK):
+        raise argparse.ArgumentTypeError(f"cannot write {text!r}: the file is read-only")
+    try:
+        fd, probe = tempfile.mkstemp(dir=base, prefix=".wfexplore-report-check-")
+    except OSError as err:
+        raise argparse.ArgumentTypeError(
+            f"cannot write {text!r}: {base} is not writable ({err.strerror or err})"
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
+    return path
 
 
 def _sparsities(text: str) -> list[float]:
@@ -40,11 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
         "compare pruning methods and write an HTML report",
     )
     demo.add_argument("--model", choices=DIGITS_KINDS, default="mlp")
-    demo.add_argument("--num-samples", type=int, default=512, help="gradient samples m")
-    demo.add_argument("--damping", type=float, default=1e-4, help="λ added to both matrices")
+    demo.add_argument("--num-samples", type=_positive_int, default=512, help="gradient samples m")
+    demo.add_argument("--damping", type=_damping, default=1e-4, help="λ added to both matrices")
     demo.add_argument("--block-size", type=_block_size, default=64, help="B, 'layer' or 'model'")
     demo.add_argument(
-        "--hessian-examples", type=int, default=512, help="examples in the Hessian's loss"
+        "--hessian-examples",
+        type=_positive_int,
+        default=512,
+        help="examples in the Hessian's loss",
     )
     demo.add_argument("--retrain", action="store_true", help="ignore the cached model")
     demo.add_argument(
@@ -55,8 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--report",
-        type=Path,
-        default=Path(DEFAULT_REPORT),
+        type=_report_path,
+        default=DEFAULT_REPORT,  # a string, so that the check above runs on it too
         help="where to write the HTML report (default: ./%(default)s)",
     )
     lab = commands.add_parser(
@@ -65,13 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument(
         "folder", nargs="?", default=servers.DEFAULT_FOLDER, help="working folder (%(default)s)"
     )
-    lab.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (default: free)")
+    lab.add_argument("--port", type=_port, default=None, help="port on 127.0.0.1 (default: free)")
     lab.add_argument("--no-browser", action="store_true", help="print the URL, open no browser")
     lab.add_argument(
         "--overwrite", action="store_true", help="replace modified copies with the shipped ones"
     )
     teach = commands.add_parser("teach", help="the OBD/OBS teacher as a Voilà page (no code)")
-    teach.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (default: free)")
+    teach.add_argument("--port", type=_port, default=None, help="port on 127.0.0.1 (default: free)")
     teach.add_argument("--no-browser", action="store_true", help="print the URL, open no browser")
     return parser
 
@@ -151,13 +229,21 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def lab(args: argparse.Namespace) -> int:
-    return servers.run_lab(
-        args.folder, port=args.port, open_browser=not args.no_browser, overwrite=args.overwrite
-    )
+    try:
+        return servers.run_lab(
+            args.folder, port=args.port, open_browser=not args.no_browser, overwrite=args.overwrite
+        )
+    except servers.PortInUse as err:
+        print(f"wfexplore lab: error: {err}", file=sys.stderr)
+        return 2
 
 
 def teach(args: argparse.Namespace) -> int:
-    return servers.run_teach(port=args.port, open_browser=not args.no_browser)
+    try:
+        return servers.run_teach(port=args.port, open_browser=not args.no_browser)
+    except servers.PortInUse as err:
+        print(f"wfexplore teach: error: {err}", file=sys.stderr)
+        return 2
 
 
 def main(argv: list[str] | None = None) -> int:

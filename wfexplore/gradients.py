@@ -3,14 +3,17 @@
 A gradient sample is the gradient of one example (``batch_size=1``) or the mean
 gradient of a mini-batch of ``b`` examples. Samples are computed with
 ``torch.func`` (``vmap`` over ``grad`` of a ``functional_call``) in chunks, on a
-private copy of the model in eval mode, so the caller's model is never touched.
-For the true Fisher, labels are drawn from the model's own predictive
-distribution with a seeded generator instead of taken from the data.
+private copy of the model in eval mode (without the caller's hooks), so the caller's
+model is never touched. Each chunk is checked with one plain forward and loss first, so
+that a wrong batch (targets of the wrong shape, type or range, a dtype mismatch, a model
+that returns a tuple) is named as such; only a failure of ``vmap`` itself falls back to a
+Python loop. For the true Fisher, labels are drawn from the model's own predictive
+distribution with a seeded generator instead of taken from the data (:func:`sample_labels`).
 """
 
 from __future__ import annotations
 
-import copy
+import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 
@@ -21,6 +24,7 @@ from torch.func import functional_call, grad, vmap
 from tqdm.auto import tqdm
 
 from wfexplore._checks import one_of, positive_int
+from wfexplore.copies import private_copy
 from wfexplore.params import ParameterLayout
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -58,14 +62,16 @@ def iter_gradient_chunks(
     Sample n is ∇_w (1/b) Σ_{i ∈ batch n} ℓ(f(x_i), y_i), taken over the first
     ``num_samples * batch_size`` examples of ``data`` (an iterable of ``(x, y)`` batches,
     e.g. a ``DataLoader``). ``loss_fn(outputs, targets)`` must return the batch mean.
-    With ``fisher="true"``, y_i ~ softmax(f(x_i)) (seeded), which assumes a
-    classifier trained with cross-entropy. Rows are in the dtype of the model.
+    With ``fisher="true"``, y_i is drawn (seeded) from the likelihood of ``loss_fn``, see
+    :func:`sample_labels`; other losses are refused. Rows are in the dtype of the model.
     """
     positive_int(num_samples, "num_samples", "e.g. num_samples=256")
     positive_int(batch_size, "batch_size", "use 1 for per-example gradients")
     one_of(fisher, "fisher", FISHER_KINDS)
+    if fisher == "true":
+        true_fisher_likelihood(loss_fn)
     _check_enough_data(data, num_samples, batch_size)
-    work = copy.deepcopy(model).eval()
+    work = private_copy(model).eval()
     if device is not None:
         work = work.to(device)
     device = next(work.parameters()).device
@@ -81,7 +87,8 @@ def iter_gradient_chunks(
         for x, y in iter_example_chunks(data, num_samples, batch_size, chunk_size):
             x, y = x.to(device), y.to(device)
             if fisher == "true":
-                y = _sample_labels(work, x, generator)
+                y = sample_labels(plain_forward(work, x), loss_fn, generator)
+            check_batch(work, x, y, loss_fn, probe=batch_size)
             n = x.shape[0] // batch_size
             x = x.reshape(n, batch_size, *x.shape[1:])
             y = y.reshape(n, batch_size, *y.shape[1:])
@@ -126,11 +133,218 @@ def _check_enough_data(data: Iterable, num_samples: int, batch_size: int) -> Non
         )
 
 
+# --- the loss's likelihood and the true Fisher -----------------------------------------------
+def true_fisher_likelihood(loss_fn: LossFn) -> str:
+    """``"categorical"`` for cross-entropy, ``"gaussian"`` for the mean squared error; any
+    other loss is refused, since the true Fisher needs the likelihood the loss comes from."""
+    if loss_fn is F.cross_entropy:
+        return "categorical"
+    if loss_fn is F.mse_loss:
+        return "gaussian"
+    if isinstance(loss_fn, nn.CrossEntropyLoss):
+        if (
+            loss_fn.weight is not None
+            or loss_fn.label_smoothing != 0
+            or loss_fn.reduction != "mean"
+        ):
+            raise ValueError(
+                "fisher='true' needs the plain negative log-likelihood: nn.CrossEntropyLoss with "
+                f"weight={'set' if loss_fn.weight is not None else None}, "
+                f"label_smoothing={loss_fn.label_smoothing}, reduction={loss_fn.reduction!r} is "
+                "not one; use nn.CrossEntropyLoss() or fisher='empirical'"
+            )
+        return "categorical"
+    if isinstance(loss_fn, nn.MSELoss):
+        if loss_fn.reduction != "mean":
+            raise ValueError(
+                f"fisher='true' needs the batch mean: nn.MSELoss(reduction={loss_fn.reduction!r}) "
+                "is not; use nn.MSELoss() or fisher='empirical'"
+            )
+        return "gaussian"
+    raise ValueError(
+        f"fisher='true' draws labels from the likelihood behind the loss, which is known only for "
+        f"cross-entropy (F.cross_entropy, nn.CrossEntropyLoss) and squared error (F.mse_loss, "
+        f"nn.MSELoss); loss_fn={_loss_name(loss_fn)} is neither. Pass one of those, or use "
+        "fisher='empirical'"
+    )
+
+
+@torch.no_grad()
+def sample_labels(
+    outputs: torch.Tensor, loss_fn: LossFn, generator: torch.Generator
+) -> torch.Tensor:
+    """Labels drawn from the model's predictive distribution, for the true Fisher.
+
+    Cross-entropy: y ~ Categorical(softmax(f(x))) over the class dimension (dim 1).
+    Mean squared error: y = f(x) + σ ε, ε ~ N(0, I), with σ² = K/2 for K outputs per
+    example, the Gaussian whose negative log-likelihood is ``loss_fn`` up to a constant
+    (ℓ = (1/K)‖f − y‖²); then E_y[∇ℓ ∇ℓᵀ] = (2/K) JᵀJ, the Gauss–Newton matrix of ℓ, as
+    the true Fisher of cross-entropy is. ``generator`` (on the outputs' device) seeds it.
+    """
+    if not isinstance(outputs, torch.Tensor) or outputs.ndim == 0:
+        raise ValueError("outputs: expected a (N, ...) tensor of model outputs")
+    outputs = outputs.detach()
+    if true_fisher_likelihood(loss_fn) == "gaussian":
+        per_example = outputs[0].numel() if outputs.shape[0] else 1
+        noise = torch.randn(
+            outputs.shape, generator=generator, device=outputs.device, dtype=torch.float64
+        )
+        return (outputs.double() + math.sqrt(per_example / 2) * noise).to(outputs.dtype)
+    if outputs.ndim < 2:
+        raise ValueError(
+            "outputs: cross-entropy needs (N, C, ...) class scores, got shape "
+            f"{tuple(outputs.shape)}"
+        )
+    scores = outputs.movedim(1, -1)
+    probs = torch.softmax(scores.double().reshape(-1, scores.shape[-1]), dim=-1)
+    labels = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return labels.reshape(scores.shape[:-1])
+
+
+def _loss_name(loss_fn) -> str:
+    return getattr(loss_fn, "__qualname__", None) or type(loss_fn).__name__
+
+
+# --- checks of a batch, before vmap ------------------------------------------------------------
+def _tensor_output(out) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    raise TypeError(
+        f"model: forward returned a {type(out).__name__}, not a tensor; gradient samples need "
+        "the outputs as one tensor: wrap the model so that forward returns it (e.g. out[0])"
+    )
+
+
+def _criterion(loss_fn) -> str | None:
+    if loss_fn is F.cross_entropy or isinstance(loss_fn, nn.CrossEntropyLoss):
+        return "cross-entropy"
+    if loss_fn is F.mse_loss or isinstance(loss_fn, nn.MSELoss):
+        return "mse"
+    return None
+
+
+def check_targets(outputs: torch.Tensor, y: torch.Tensor, loss_fn: LossFn) -> None:
+    """Refuse targets that cross-entropy or mean squared error would reject, broadcast or
+    misread: class labels of shape (N, 1), float class labels, labels out of range, MSE
+    targets of another shape or integer type. Other losses are not checked here."""
+    kind = _criterion(loss_fn)
+    if kind is None:
+        return
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"targets: expected a tensor, got {type(y).__name__}")
+    out_shape, y_shape = tuple(outputs.shape), tuple(y.shape)
+    out_n, y_n = _batch_shape(out_shape), _batch_shape(y_shape)
+    if kind == "mse":
+        if y_shape[1:] != out_shape[1:]:
+            raise ValueError(
+                f"targets: shape {y_n} differs from the outputs' {out_n}; mse_loss would "
+                "broadcast them into a wrong loss: reshape the targets like the outputs "
+                f"(e.g. y.view(-1, {', '.join(map(str, out_shape[1:])) or '1'}))"
+            )
+        if not y.is_floating_point():
+            raise ValueError(
+                f"targets: mse_loss needs floating targets, got {y.dtype}; convert them "
+                "(y.to(outputs.dtype))"
+            )
+        return
+    if len(out_shape) < 2:
+        raise ValueError(
+            f"model: cross-entropy needs (N, C) class scores, the outputs have shape {out_n}"
+        )
+    classes = out_shape[1]
+    if y.is_floating_point():
+        if y_shape[1:] == out_shape[1:]:
+            return  # class probabilities
+        raise ValueError(
+            f"targets: float labels of shape {y_n}; cross-entropy needs integer class labels "
+            f"of shape (N,) (y.long()) or class probabilities shaped like the outputs {out_n}"
+        )
+    expected = out_shape[2:]
+    if y_shape[1:] != expected:
+        if y_shape[1:] == (1,) and not expected:
+            raise ValueError(
+                f"targets: class labels of shape {y_n}; cross-entropy needs shape (N,): "
+                "use y.squeeze(1)"
+            )
+        raise ValueError(
+            f"targets: shape {y_n} does not fit outputs of shape {out_n}; cross-entropy "
+            f"needs class labels of shape (N{''.join(f', {d}' for d in expected)})"
+        )
+    ignore = getattr(loss_fn, "ignore_index", -100)
+    bad = ((y < 0) | (y >= classes)) & (y != ignore)
+    if bool(bad.any()):
+        value = int(y[bad].flatten()[0])
+        raise ValueError(
+            f"targets: label {value} is outside the {classes} classes of the model's outputs "
+            f"(0 to {classes - 1}); check the labels or the model's output size"
+        )
+
+
+def _batch_shape(shape: tuple[int, ...]) -> str:
+    """``(N, 1)`` for a shape ``(48, 1)``: the batch dimension named N."""
+    return "(" + ", ".join(["N", *map(str, shape[1:])]) + ("," if len(shape) == 1 else "") + ")"
+
+
+def check_batch(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn, probe: int = 1
+) -> torch.Tensor:
+    """Check a batch with one plain forward and loss on its first ``probe`` examples,
+    outside any ``torch.func`` transform, and return those outputs.
+
+    A failure here is the batch's or the model's, not vmap's: it is raised with what is
+    wrong (targets of every example, see :func:`check_targets`; dtypes; a non-tensor
+    output; a loss that is not one number)."""
+    out = plain_forward(model, x[:probe])
+    check_targets(out, y, loss_fn)
+    with torch.no_grad():
+        try:
+            loss = loss_fn(out, y[:probe])
+        except Exception as error:
+            raise ValueError(
+                f"loss_fn fails on the model's outputs {tuple(out.shape)} and targets "
+                f"{tuple(y[:probe].shape)} ({y.dtype}) of a batch ({type(error).__name__}: "
+                f"{error})"
+            ) from error
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+        raise ValueError(
+            f"loss_fn must return the mean loss of the batch (one number), got {shape}; "
+            "use reduction='mean'"
+        )
+    return out
+
+
+@torch.no_grad()
+def plain_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``model(x)`` without gradients; a failure or a non-tensor output is named as such."""
+    try:
+        out = model(x)
+    except Exception as error:
+        raise ValueError(
+            f"data: the model fails on a batch of the data in a plain forward pass "
+            f"({type(error).__name__}: {error}){_dtype_hint(model, x)}"
+        ) from error
+    return _tensor_output(out)
+
+
+def _dtype_hint(model: nn.Module, x: torch.Tensor) -> str:
+    param = next(model.parameters(), None)
+    if param is None or not x.is_floating_point() or x.dtype == param.dtype:
+        return ""
+    return (
+        f"; the inputs are {x.dtype} but the model's parameters are {param.dtype}: convert one "
+        f"of them (x.to({param.dtype}) or model.to({x.dtype}))"
+    )
+
+
 class _GradientComputer:
     """Maps a ``(n, b, ...)`` batch of groups to the ``(n, d)`` mean gradient of each group."""
 
     def __init__(self, model: nn.Module, layout: ParameterLayout, loss_fn: LossFn):
         self.model, self.layout, self.loss_fn = model, layout, loss_fn
+        for name, p in model.named_parameters():
+            if name in layout.names:
+                p.requires_grad_(True)  # a private copy: the loop fallback needs the graph
         params = {name: p.detach() for name, p in model.named_parameters()}
         self.analysed = {name: params[name] for name in layout.names}
         self.fixed = {name: p for name, p in params.items() if name not in self.analysed}
@@ -139,7 +353,7 @@ class _GradientComputer:
 
     def group_loss(self, analysed: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         out = functional_call(self.model, (analysed, self.fixed, self.buffers), (x,))
-        return self.loss_fn(out, y)
+        return self.loss_fn(out, y).reshape(())
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.use_vmap:
@@ -161,19 +375,13 @@ class _GradientComputer:
         inputs = [named[name] for name in self.layout.names]
         rows = []
         for xg, yg in zip(x, y, strict=True):
-            loss = self.loss_fn(self.model(xg), yg)
+            loss = self.loss_fn(self.model(xg), yg).reshape(())
             rows.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, inputs)]))
         return torch.stack(rows)
 
     def _flatten(self, grads: dict[str, torch.Tensor]) -> torch.Tensor:
         n = next(iter(grads.values())).shape[0]
         return torch.cat([grads[name].reshape(n, -1) for name in self.layout.names], dim=1)
-
-
-@torch.no_grad()
-def _sample_labels(model: nn.Module, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    probs = torch.softmax(model(x).double(), dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
 def _regroup(data: Iterable, size: int, total: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

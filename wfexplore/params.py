@@ -10,12 +10,17 @@ block-diagonal with respect to this layout.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
+from torch.nn.utils import prune as torch_prune
+from torch.nn.utils.spectral_norm import SpectralNorm
+from torch.nn.utils.weight_norm import WeightNorm
 
 BlockSpec = int | str
 """``int`` B (blocks of B inside each layer), ``"layer"`` or ``"model"``."""
@@ -25,13 +30,25 @@ PRUNABLE_MODULE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.modules.conv
 
 @dataclass(frozen=True)
 class AnalysedParameter:
-    """One analysed tensor: ``flat[offset : offset + numel]`` is ``param.flatten()``."""
+    """One analysed tensor: ``flat[offset : offset + numel]`` is ``param.flatten()``.
+
+    ``mask`` is the buffer name of a ``torch.nn.utils.prune`` keep mask when the parameter
+    is a pruned ``weight_orig`` (the layer computes with ``weight_orig * weight_mask``).
+    """
 
     name: str
     module_name: str
     module_type: str
     shape: tuple[int, ...]
     offset: int
+    mask: str | None = None
+
+    @property
+    def tensor_name(self) -> str:
+        """The name the module computes with: ``"fc1.weight"`` for a pruned ``fc1.weight_orig``."""
+        if self.mask is not None and self.name.endswith("_orig"):
+            return self.name[: -len("_orig")]
+        return self.name
 
     @property
     def numel(self) -> int:
@@ -59,43 +76,146 @@ class Block:
         return self.stop - self.start
 
 
-def default_parameter_names(model: nn.Module) -> list[str]:
-    """Names of the ``weight`` of every Conv and Linear module, in model order."""
+@dataclass(frozen=True)
+class SkippedLayer:
+    """A Conv/Linear layer the default selection leaves out, and why."""
+
+    module_name: str
+    module_type: str
+    shape: tuple[int, ...]
+    reason: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.module_name}.weight" if self.module_name else "weight"
+
+
+def _join(prefix: str, attr: str) -> str:
+    return f"{prefix}.{attr}" if prefix else attr
+
+
+def _pruned_tensors(module: nn.Module) -> list[str]:
+    """Tensors of ``module`` computed by a ``torch.nn.utils.prune`` mask (``"weight"``, ...)."""
     return [
-        f"{name}.weight" if name else "weight"
-        for name, module in model.named_modules()
-        if isinstance(module, PRUNABLE_MODULE_TYPES) and getattr(module, "weight", None) is not None
+        hook._tensor_name
+        for hook in module._forward_pre_hooks.values()
+        if isinstance(hook, torch_prune.BasePruningMethod)
+        and f"{hook._tensor_name}_orig" in module._parameters
+        and f"{hook._tensor_name}_mask" in module._buffers
     ]
+
+
+def prune_masks_of(model: nn.Module) -> dict[str, str]:
+    """``{"fc1.weight_orig": "fc1.weight_mask", ...}`` for every ``torch.nn.utils.prune`` mask."""
+    out = {}
+    for prefix, module in model.named_modules():
+        for attr in _pruned_tensors(module):
+            out[_join(prefix, f"{attr}_orig")] = _join(prefix, f"{attr}_mask")
+    return out
+
+
+def reparametrisation(module: nn.Module, attr: str = "weight") -> str | None:
+    """Why ``module.<attr>`` is not a plain parameter, or None when it is one (or is pruned
+    with ``torch.nn.utils.prune``, which the layout supports)."""
+    if attr in module._parameters or attr in _pruned_tensors(module):
+        return None
+    if parametrize.is_parametrized(module, attr):
+        kinds = ", ".join(type(p).__name__ for p in module.parametrizations[attr])
+        originals = [n for n, _ in module.parametrizations[attr].named_parameters()]
+        return (
+            f"{attr} is computed by torch.nn.utils.parametrize ({kinds}) from "
+            f"parametrizations.{attr}.{{{', '.join(originals)}}}"
+        )
+    for hook in module._forward_pre_hooks.values():
+        if isinstance(hook, WeightNorm) and hook.name == attr:
+            legacy = "the legacy torch.nn.utils.weight_norm"
+            return f"{attr} is computed by {legacy} from {attr}_g, {attr}_v"
+        if isinstance(hook, SpectralNorm) and hook.name == attr:
+            return f"{attr} is computed by torch.nn.utils.spectral_norm from {attr}_orig"
+    if isinstance(getattr(module, attr, None), torch.Tensor):
+        return f"{attr} is not a parameter of the module (it is computed in a hook or forward)"
+    return None
+
+
+def _default_selection(model: nn.Module) -> tuple[list[str], list[SkippedLayer]]:
+    chosen, skipped = [], []
+    for name, module in model.named_modules():
+        if not isinstance(module, PRUNABLE_MODULE_TYPES) or getattr(module, "weight", None) is None:
+            continue
+        if "weight" in module._parameters:
+            chosen.append(_join(name, "weight"))
+        elif "weight" in _pruned_tensors(module):
+            chosen.append(_join(name, "weight_orig"))
+        else:
+            reason = reparametrisation(module, "weight") or "weight is not a parameter"
+            shape = tuple(module.weight.shape)
+            skipped.append(SkippedLayer(name, type(module).__name__, shape, reason))
+    return chosen, skipped
+
+
+_REMOVE_HINT = (
+    "remove the reparametrisation first (torch.nn.utils.parametrize.remove_parametrizations, "
+    "torch.nn.utils.remove_weight_norm, torch.nn.utils.remove_spectral_norm)"
+)
+
+
+def default_parameter_names(model: nn.Module) -> list[str]:
+    """Names of the ``weight`` of every Conv and Linear module, in model order (``weight_orig``
+    for a layer pruned with ``torch.nn.utils.prune``; reparametrised layers are left out)."""
+    return _default_selection(model)[0]
 
 
 def select_parameter_names(
     model: nn.Module,
-    names: Sequence[str] | None = None,
+    names: Sequence[str] | str | None = None,
     pattern: str | None = None,
 ) -> list[str]:
     """Resolve a parameter selection to parameter names, in model order.
 
     ``names`` may hold parameter names (``"fc1.weight"``) or module names (``"fc1"``,
-    meaning that module's ``weight``); ``pattern`` is a regular expression searched in
-    parameter names. With neither, every Conv/Linear weight is selected.
+    meaning that module's ``weight``); one string is one name. ``pattern`` is a regular
+    expression searched in parameter names. With neither, every Conv/Linear weight is
+    selected. A weight pruned with ``torch.nn.utils.prune`` resolves to its ``weight_orig``.
     """
+    return _select(model, names, pattern)[0]
+
+
+def _select(model, names, pattern) -> tuple[list[str], list[SkippedLayer]]:
     available = [n for n, _ in model.named_parameters()]
+    masks = prune_masks_of(model)
+    aliases = {orig[: -len("_orig")]: orig for orig in masks}  # "fc1.weight" -> "..._orig"
     modules = dict(model.named_modules())
+    skipped: list[SkippedLayer] = []
     if names is None and pattern is None:
-        chosen = set(default_parameter_names(model))
+        default, skipped = _default_selection(model)
+        chosen = set(default)
     else:
         chosen = set()
         if isinstance(names, str):
-            raise TypeError(
-                f"names must be a list of parameter or module names, got the string {names!r}; "
-                f"write names=[{names!r}] or pattern={names!r}"
-            )
+            names = [names]
         for name in names or ():
+            if not isinstance(name, str):
+                raise TypeError(f"names: expected parameter or module names, got {name!r}")
+            weight = _join(name, "weight") if name in modules else None
             if name in available:
                 chosen.add(name)
-            elif name in modules and f"{name}.weight" in available:
-                chosen.add(f"{name}.weight")
+            elif name in aliases:
+                chosen.add(aliases[name])
+            elif weight is not None and weight in available:
+                chosen.add(weight)
+            elif weight is not None and weight in aliases:
+                chosen.add(aliases[weight])
             else:
+                module_name, _, attr = (
+                    (name, "", "weight") if name in modules else name.rpartition(".")
+                )
+                module = modules.get(module_name)
+                why = reparametrisation(module, attr) if module is not None else None
+                if why is not None:
+                    raise ValueError(
+                        f"names: {name!r} is reparametrised ({why}); name its underlying "
+                        f"parameters instead, or {_REMOVE_HINT}"
+                    )
                 raise ValueError(
                     f"names: {name!r} is neither a parameter nor a module with a weight; "
                     f"available parameters: {available}"
@@ -103,17 +223,21 @@ def select_parameter_names(
         if pattern is not None:
             regex = re.compile(pattern)
             chosen.update(n for n in available if regex.search(n))
+            chosen.update(orig for alias, orig in aliases.items() if regex.search(alias))
     selected = [n for n in available if n in chosen]
     if not selected:
-        raise ValueError(
-            "the parameter selection is empty: "
-            + (
-                f"pattern {pattern!r} matches none of {available}"
-                if pattern is not None
-                else "the model has no Conv/Linear weight; pass names=[...] or pattern=..."
+        if pattern is not None:
+            reason = f"pattern {pattern!r} matches none of {available}"
+        elif skipped:
+            listed = "; ".join(f"{s.module_name or '(model)'}: {s.reason}" for s in skipped)
+            reason = (
+                f"every Conv/Linear layer of the model is reparametrised ({listed}); pass "
+                f"names=[...] with the parameters to analyse, or {_REMOVE_HINT}"
             )
-        )
-    return selected
+        else:
+            reason = "the model has no Conv/Linear weight; pass names=[...] or pattern=..."
+        raise ValueError("the parameter selection is empty: " + reason)
+    return selected, skipped
 
 
 class ParameterLayout:
@@ -124,10 +248,16 @@ class ParameterLayout:
     ``layout.locate`` maps a flat index to ``(parameter name, position)``.
     """
 
-    def __init__(self, parameters: Sequence[AnalysedParameter], block_size: BlockSpec = "layer"):
+    def __init__(
+        self,
+        parameters: Sequence[AnalysedParameter],
+        block_size: BlockSpec = "layer",
+        skipped: Sequence[SkippedLayer] = (),
+    ):
         if not parameters:
             raise ValueError("parameters: the layout needs at least one analysed parameter")
         self.parameters: tuple[AnalysedParameter, ...] = tuple(parameters)
+        self.skipped: tuple[SkippedLayer, ...] = tuple(skipped)
         self.block_size: BlockSpec = _check_block_size(block_size)
         self.blocks: tuple[Block, ...] = tuple(self._make_blocks())
         self._by_name = {p.name: i for i, p in enumerate(self.parameters)}
@@ -137,14 +267,28 @@ class ParameterLayout:
         cls,
         model: nn.Module,
         *,
-        names: Sequence[str] | None = None,
+        names: Sequence[str] | str | None = None,
         pattern: str | None = None,
         block_size: BlockSpec = "layer",
     ) -> ParameterLayout:
-        """Layout of the selected parameters of ``model`` (see :func:`select_parameter_names`)."""
-        selected = select_parameter_names(model, names, pattern)
+        """Layout of the selected parameters of ``model`` (see :func:`select_parameter_names`).
+
+        Conv/Linear layers that the default selection skips because their weight is
+        reparametrised are named in a warning and listed in :meth:`table`.
+        """
+        selected, skipped = _select(model, names, pattern)
+        if skipped:
+            listed = "; ".join(f"{s.module_name or '(model)'}: {s.reason}" for s in skipped)
+            warnings.warn(
+                f"{len(skipped)} Conv/Linear layer(s) are not analysed because their weight is "
+                f"reparametrised ({listed}); pass names=[...] to analyse their parameters, "
+                f"or {_REMOVE_HINT}",
+                UserWarning,
+                stacklevel=2,
+            )
         params = dict(model.named_parameters())
         modules = dict(model.named_modules())
+        masks = prune_masks_of(model)
         entries, offset = [], 0
         for name in selected:
             module_name = name.rpartition(".")[0]
@@ -154,14 +298,15 @@ class ParameterLayout:
                 module_type=type(modules[module_name]).__name__,
                 shape=tuple(params[name].shape),
                 offset=offset,
+                mask=masks.get(name),
             )
             entries.append(entry)
             offset = entry.stop
-        return cls(entries, block_size)
+        return cls(entries, block_size, skipped)
 
     def with_block_size(self, block_size: BlockSpec) -> ParameterLayout:
         """The same parameters cut into different blocks."""
-        return ParameterLayout(self.parameters, block_size)
+        return ParameterLayout(self.parameters, block_size, self.skipped)
 
     # --- sizes -----------------------------------------------------------------------------
     @property
@@ -195,11 +340,40 @@ class ParameterLayout:
         return [b for b in self.blocks if b.start < p.stop and b.stop > p.offset]
 
     # --- flat vector ---------------------------------------------------------------------
+    @property
+    def masked(self) -> list[str]:
+        """Analysed parameters that carry a ``torch.nn.utils.prune`` mask."""
+        return [p.name for p in self.parameters if p.mask is not None]
+
     def flatten(self, tensors: Mapping[str, torch.Tensor] | nn.Module) -> torch.Tensor:
-        """Concatenate the analysed tensors (a model or a name → tensor mapping) into w."""
+        """Concatenate the analysed tensors (a model or a name → tensor mapping) into w.
+
+        From a model, a masked parameter gives its effective weight ``weight_orig * mask``,
+        so that the entries its ``torch.nn.utils.prune`` mask removes are exactly zero.
+        """
         if isinstance(tensors, nn.Module):
-            tensors = dict(tensors.named_parameters())
+            buffers = dict(tensors.named_buffers())
+            params = dict(tensors.named_parameters())
+            parts = []
+            for p in self.parameters:
+                value = params[p.name].detach()
+                if p.mask is not None:
+                    value = value * buffers[p.mask].to(value.dtype)
+                parts.append(value.reshape(-1))
+            return torch.cat(parts)
         return torch.cat([tensors[p.name].detach().reshape(-1) for p in self.parameters])
+
+    def masked_out(self, model: nn.Module) -> torch.Tensor:
+        """Flat bool vector, True where a ``torch.nn.utils.prune`` mask of ``model`` removes
+        the weight (the mask buffers recorded in the layout, read from ``model``)."""
+        buffers = dict(model.named_buffers())
+        parts = []
+        for p in self.parameters:
+            if p.mask is None:
+                parts.append(torch.zeros(p.numel, dtype=torch.bool))
+            else:
+                parts.append(buffers[p.mask].detach().reshape(-1).cpu() == 0)
+        return torch.cat(parts)
 
     def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         """Split a flat vector (or a ``(..., d)`` batch of them) into named tensors."""
@@ -238,10 +412,13 @@ class ParameterLayout:
 
     # --- presentation ----------------------------------------------------------------------
     def table(self) -> pd.DataFrame:
-        """One row per analysed parameter: module, shape, size, offset and blocks."""
+        """One row per analysed parameter: module, shape, size, offset and blocks; then one
+        row per skipped layer (``analysed`` False). ``note`` says how a parameter is analysed
+        (e.g. with its prune mask) or why a layer is not."""
         rows = []
         for i, p in enumerate(self.parameters):
             blocks = self.blocks_of(p.name)
+            note = "" if p.mask is None else f"torch.nn.utils.prune mask {p.mask} kept"
             rows.append(
                 {
                     "layer": i,
@@ -252,9 +429,30 @@ class ParameterLayout:
                     "offset": p.offset,
                     "blocks": len(blocks),
                     "largest_block": max(b.size for b in blocks),
+                    "analysed": True,
+                    "note": note,
                 }
             )
-        return pd.DataFrame(rows)
+        for s in self.skipped:
+            rows.append(
+                {
+                    "layer": None,
+                    "parameter": s.name,
+                    "module": s.module_type,
+                    "shape": "×".join(map(str, s.shape)),
+                    "numel": _numel(s.shape),
+                    "offset": None,
+                    "blocks": 0,
+                    "largest_block": None,
+                    "analysed": False,
+                    "note": f"not analysed: {s.reason}",
+                }
+            )
+        table = pd.DataFrame(rows)
+        if self.skipped:
+            for column in ("layer", "offset", "largest_block"):
+                table[column] = table[column].astype("Int64")
+        return table
 
     def __repr__(self) -> str:
         return (
@@ -286,6 +484,13 @@ def _check_block_size(block_size: BlockSpec) -> BlockSpec:
             "e.g. block_size=100"
         )
     return block_size
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
 
 
 def _unravel(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -84,6 +84,23 @@ def copy_notebooks(
     return report
 
 
+class PortInUse(OSError):
+    """The port asked for is taken on loopback."""
+
+
+def check_port_free(port: int) -> int:
+    """``port`` if nothing listens on it on 127.0.0.1, else :class:`PortInUse` naming ``--port``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((HOST, port))
+        except OSError as err:
+            raise PortInUse(
+                f"--port {port}: {HOST}:{port} is already in use ({err.strerror or err}); "
+                "choose another port, or omit --port for a free one"
+            ) from None
+    return port
+
+
 def free_port(preferred: int | None = None) -> int:
     """``preferred`` if it is free on loopback, else a port the system picks."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -143,7 +160,12 @@ def teach_command(
     notebook: str | os.PathLike | None = None,
     extra_args: Sequence[str] = (),
 ) -> ServerCommand:
-    """Voilà serving the OBD/OBS teacher without its code, bound to 127.0.0.1, with a token."""
+    """Voilà serving the OBD/OBS teacher without its code, bound to 127.0.0.1, with a token.
+
+    As for JupyterLab, the token travels in ``JUPYTER_TOKEN`` (read by Voilà's identity
+    provider when ``Voila.auto_token`` is on), not on the command line; Voilà does not move
+    to another port (``port_retries=0``), so the URL printed is the one served.
+    """
     path = Path(notebook) if notebook is not None else notebooks_dir() / TEACHER
     path = path.expanduser().resolve()
     if not path.is_file():
@@ -158,13 +180,14 @@ def teach_command(
         "--no-browser",
         f"--Voila.ip={HOST}",
         f"--port={port}",
-        f"--Voila.token={token}",
+        "--Voila.port_retries=0",
+        "--Voila.auto_token=True",
         "--strip_sources=True",
         "--template=lab",
         *extra_args,
     ]
     url = f"http://{HOST}:{port}/?token={token}"
-    return ServerCommand(argv, {}, url, port, token, path.parent)
+    return ServerCommand(argv, {"JUPYTER_TOKEN": token}, url, port, token, path.parent)
 
 
 def wait_for_port(
@@ -235,12 +258,19 @@ def run_lab(
     open_browser: bool = True,
     overwrite: bool = False,
 ) -> int:
-    """Copy the notebooks into ``folder`` (keeping modified copies) and run JupyterLab there."""
+    """Copy the notebooks into ``folder`` (keeping modified copies) and run JupyterLab there.
+
+    A ``port`` that is taken is refused (:class:`PortInUse`) before anything starts."""
+    if port is not None:
+        check_port_free(port)
     report = copy_notebooks(folder, overwrite=overwrite)
     print(report.summary(), flush=True)
     return _serve(lab_command(report.folder, port=port), open_browser, "JupyterLab")
 
 
 def run_teach(port: int | None = None, open_browser: bool = True) -> int:
-    """Serve the OBD/OBS teacher as a Voilà page (no code shown)."""
+    """Serve the OBD/OBS teacher as a Voilà page (no code shown); a ``port`` that is taken
+    is refused (:class:`PortInUse`)."""
+    if port is not None:
+        check_port_free(port)
     return _serve(teach_command(port=port), open_browser, "The OBD/OBS teacher")

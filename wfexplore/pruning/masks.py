@@ -11,7 +11,9 @@ A mask here is the boolean set of *pruned* weights over the flat vector (True = 
 
 Already-pruned weights (``fixed``, e.g. weights that are exactly zero) are removed first and
 count towards the target. Ties are broken by flat index: the earlier weight goes first.
-Rounding is Python's ``round`` (half to even).
+Rounding is Python's ``round`` (half to even). A target that rounds to every weight (of the
+model, or of a layer in layerwise scope) is refused; a positive one that rounds to no weight
+gives a ``RuntimeWarning`` with the count.
 """
 
 from __future__ import annotations
@@ -117,10 +119,13 @@ def select_pruned(
     rank = _rank_within_layer(layer[order], sizes)  # rank of order[j] inside its layer
 
     if scope == "layerwise":
-        targets = []
+        targets, empty = [], []
         per_layer = layer_sparsities(layout, sparsity)
         for p, s, cap in zip(layout.parameters, per_layer, caps.tolist(), strict=True):
             count = round(s * p.numel)
+            _refuse_everything(s, count, p.numel, f"the {p.numel} weights of {p.name}")
+            if s > 0 and count == 0:
+                empty.append(f"{p.name} ({s} of {p.numel} weights)")
             if count > cap and count > 0:
                 raise ValueError(
                     f"min_density={min_density} keeps at least {p.numel - cap} of the {p.numel} "
@@ -128,6 +133,13 @@ def select_pruned(
                     "sparsity or min_density"
                 )
             targets.append(count)
+        if empty:
+            warnings.warn(
+                f"sparsity rounds to 0 weights in {len(empty)} layer(s): {', '.join(empty)}; "
+                "nothing is pruned there (raise the sparsity to at least 1/numel)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         target = torch.maximum(torch.tensor(targets, device=device), fixed_per_layer)
         chosen = order[rank < target[layer[order]]]
     else:
@@ -136,6 +148,15 @@ def select_pruned(
                 "sparsity: a per-layer map needs scope='layerwise'; global scope takes one number"
             )
         count = round(check_sparsity(sparsity) * layout.dim)
+        _refuse_everything(sparsity, count, layout.dim, f"all {layout.dim} analysed weights")
+        if sparsity > 0 and count == 0:
+            warnings.warn(
+                f"sparsity {sparsity} of {layout.dim} analysed weights rounds to 0 weights: "
+                f"nothing is pruned; the smallest sparsity that prunes one is 1/{layout.dim} = "
+                f"{1 / layout.dim:.6g}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         room = int(caps.sum())
         if count > room:
             raise ValueError(
@@ -155,6 +176,17 @@ def select_pruned(
     pruned = torch.zeros(layout.dim, dtype=torch.bool, device=device)
     pruned[chosen] = True
     return pruned
+
+
+def _refuse_everything(sparsity: float, count: int, numel: int, what: str) -> None:
+    """A target of round(s · n) = n removes every weight: refuse it, naming the largest
+    sparsity (n − 1)/n that keeps one."""
+    if numel > 0 and count >= numel:
+        largest = f"{numel - 1}/{numel} = {(numel - 1) / numel:.6g}" if numel > 1 else "0"
+        raise ValueError(
+            f"sparsity {sparsity} rounds to {count} weights, {what}: nothing would be left; "
+            f"the largest sparsity that keeps at least one weight is {largest}"
+        )
 
 
 def _rank_within_layer(layer_sorted: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
