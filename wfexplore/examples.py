@@ -17,11 +17,22 @@ def take_examples(data: Iterable | None, count: int | None, name: str = "data") 
         raise ValueError(f"{name}: a data loader is needed here; pass {name}=<DataLoader>")
     if count is not None:
         positive_int(count, "count", "or None for every example")
+    elif not _finite(data):
+        raise ValueError(
+            f"{name} has no length (an iterator or generator?), so taking all of it might never "
+            "end; pass the number of examples to use (e.g. num_examples=512) or a list"
+        )
     batches, held = [], 0
     for batch in data:
         if not (isinstance(batch, tuple | list) and len(batch) >= 2):
             raise TypeError(f"{name} must yield (inputs, targets) batches, like a DataLoader")
         x, y = batch[0], batch[1]
+        if getattr(x, "ndim", 0) == 0 or getattr(y, "ndim", 0) == 0:
+            raise ValueError(
+                f"{name}: inputs and targets need a batch dimension, got shapes "
+                f"{tuple(getattr(x, 'shape', ()))} and {tuple(getattr(y, 'shape', ()))}; for "
+                "one example use x.unsqueeze(0) and y.unsqueeze(0)"
+            )
         take = x.shape[0] if count is None else min(x.shape[0], count - held)
         batches.append((x[:take], y[:take]))
         held += take
@@ -35,3 +46,12 @@ def take_examples(data: Iterable | None, count: int | None, name: str = "data") 
             "batch_size); lower num_samples or batch_size"
         )
     return batches
+
+
+def _finite(data) -> bool:
+    """Whether ``data`` has a known length (a list, a DataLoader over a sized dataset)."""
+    try:
+        len(data)
+    except TypeError:
+        return False
+    return True

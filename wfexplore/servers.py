@@ -208,38 +208,55 @@ def wait_for_port(
 
 
 def _serve(command: ServerCommand, open_browser: bool, what: str) -> int:
-    """Run a server in the foreground until it exits or Ctrl-C; open a browser when it listens."""
+    """Run a server in the foreground until it exits or Ctrl-C; open a browser when it listens.
+
+    SIGTERM and SIGHUP stop the server with us; one that arrives while it is starting is
+    held until the server process is known, so that it is never left running.
+    """
     env = {**os.environ, **command.env}
-    process = subprocess.Popen(command.argv, cwd=command.cwd, env=env)
-
-    def announce() -> None:
-        if wait_for_port(command.port, timeout=120.0, process=process):
-            print(f"\n{what} is running at\n\n    {command.url}\n\nCtrl-C stops it.\n", flush=True)
-            if open_browser:
-                webbrowser.open(command.url)
-
-    threading.Thread(target=announce, daemon=True).start()
-    restore = _stop_on_signals()
+    started: list[subprocess.Popen] = []
+    restore, pending = _stop_on_signals(started)
     try:
+        started.append(subprocess.Popen(command.argv, cwd=command.cwd, env=env))
+        process = started[0]
+        if pending.is_set():
+            raise KeyboardInterrupt
+
+        def announce() -> None:
+            if wait_for_port(command.port, timeout=120.0, process=process):
+                print(
+                    f"\n{what} is running at\n\n    {command.url}\n\nCtrl-C stops it.\n", flush=True
+                )
+                if open_browser:
+                    webbrowser.open(command.url)
+
+        threading.Thread(target=announce, daemon=True).start()
         return process.wait()
     except KeyboardInterrupt:
-        process.terminate()
+        if not started:
+            raise
+        started[0].terminate()
         try:
-            return process.wait(timeout=30)
+            return started[0].wait(timeout=30)
         except subprocess.TimeoutExpired:
-            process.kill()
-            return process.wait()
+            started[0].kill()
+            return started[0].wait()
     finally:
         restore()
 
 
-def _stop_on_signals() -> Callable[[], None]:
-    """Turn SIGTERM and SIGHUP into KeyboardInterrupt, so that the server is stopped with us
-    (and not left running) when this process is killed or its terminal closes."""
+def _stop_on_signals(started: list) -> tuple[Callable[[], None], threading.Event]:
+    """Turn SIGTERM and SIGHUP into KeyboardInterrupt once the server is in ``started`` (before
+    that they are held in the returned event), so that the server is stopped with us when
+    this process is killed or its terminal closes."""
+    pending = threading.Event()
     if threading.current_thread() is not threading.main_thread():
-        return lambda: None
+        return (lambda: None), pending
 
     def stop(signum: int, frame: object) -> None:
+        if not started:
+            pending.set()
+            return
         raise KeyboardInterrupt
 
     names = ("SIGTERM", "SIGHUP")
@@ -249,7 +266,7 @@ def _stop_on_signals() -> Callable[[], None]:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
-    return restore
+    return restore, pending
 
 
 def run_lab(

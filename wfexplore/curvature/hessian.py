@@ -8,7 +8,6 @@ copied and evaluated in eval mode, in float64 by default.
 
 from __future__ import annotations
 
-import copy
 import warnings
 from collections.abc import Iterable
 from functools import partial
@@ -20,6 +19,7 @@ from torch.func import functional_call, grad, jvp, vmap
 from tqdm.auto import tqdm
 
 from wfexplore._checks import positive_int
+from wfexplore.copies import private_copy
 from wfexplore.curvature.dense import (
     DEFAULT_MAX_MEMORY_GB,
     DenseBlockCurvature,
@@ -64,7 +64,7 @@ def hessian_blocks(
     check_dense_memory(layout, max_memory_gb)
     positive_int(basis_chunk, "basis_chunk", "e.g. basis_chunk=64")
 
-    work = copy.deepcopy(model).eval().to(dtype)
+    work = private_copy(model).eval().to(dtype)
     device = next(work.parameters()).device
     params = {n: p.detach() for n, p in work.named_parameters()}
     fixed = {n: p for n, p in params.items() if n not in set(layout.names)}
@@ -95,7 +95,22 @@ def hessian_blocks(
         # torch loads its forward-mode decompositions through the deprecated torch.jit.script
         warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
         _fill_blocks(groups, hvp, layout, dtype, device, basis_chunk, progress)
+    _check_finite_blocks(groups, layout)
     return DenseBlockCurvature(layout, groups, kind="hessian", requires_damping=False)
+
+
+def _check_finite_blocks(groups, layout: ParameterLayout) -> None:
+    """Refuse NaN/inf Hessian entries, naming the parameters they are in."""
+    bad = set()
+    for grp in groups:
+        broken = ~torch.isfinite(grp.matrix).all(dim=2).all(dim=1)
+        for k in broken.nonzero()[:, 0].tolist():
+            bad.add(layout.parameters[layout.blocks[grp.blocks[k]].layer].name)
+    if bad:
+        raise FloatingPointError(
+            f"non-finite Hessian entries in {sorted(bad)}; check the data, the model's outputs "
+            "and the loss for NaN/inf"
+        )
 
 
 def _fill_blocks(groups, hvp, layout, dtype, device, basis_chunk: int, progress: bool) -> None:

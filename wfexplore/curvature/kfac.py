@@ -27,7 +27,6 @@ and columns of C⁻¹ alike: never a d×d matrix, only the out×out and in×in f
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -37,8 +36,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from wfexplore._checks import one_of, positive_int
+from wfexplore.copies import private_copy
 from wfexplore.curvature.base import Curvature, Positions
-from wfexplore.gradients import FISHER_KINDS, LossFn, iter_example_chunks
+from wfexplore.gradients import (
+    FISHER_KINDS,
+    LossFn,
+    iter_example_chunks,
+    sample_labels,
+    true_fisher_likelihood,
+)
 from wfexplore.params import ParameterLayout
 
 DISPLAY_BLOCK_LIMIT = 8192
@@ -276,8 +282,10 @@ def kronecker_factors(
     positive_int(batch_size, "batch_size", "use 1 for per-example gradients")
     positive_int(chunk_size, "chunk_size", "e.g. chunk_size=256")
     one_of(fisher, "fisher", FISHER_KINDS)
+    if fisher == "true":
+        true_fisher_likelihood(loss_fn)
     chunks = iter_example_chunks(data, num_samples, batch_size, max(1, chunk_size // batch_size))
-    work = copy.deepcopy(model).eval()
+    work = private_copy(model).eval()
     for p in work.parameters():
         p.requires_grad_(True)
     sums = _FactorSums(_kfac_modules(work, layout), dtype)
@@ -288,9 +296,8 @@ def kronecker_factors(
         for x, y in chunks:
             x, y = x.to(device), y.to(device)
             out = sums.forward(work, x)
-            if fisher == "true":  # y ~ softmax(f(x)), seeded, from the same forward pass
-                probs = torch.softmax(out.detach().double(), dim=-1)
-                y = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            if fisher == "true":  # y from the model's predictive distribution, seeded
+                y = sample_labels(out.detach(), loss_fn, generator)
             groups = x.shape[0] // batch_size
             sums.backward(loss_fn(out, y) * groups, groups)  # Σ of the groups' mean losses
             bar.update(groups)

@@ -9,7 +9,6 @@ before every step; k = 1 is one-shot pruning. The caller's model is never change
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +20,8 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 from tqdm.auto import tqdm
 
-from wfexplore._checks import one_of, positive_float, positive_int
+from wfexplore._checks import check_reusable, one_of, positive_float, positive_int
+from wfexplore.copies import private_copy
 from wfexplore.curvature.base import (
     AnyCurvature,
     Curvature,
@@ -145,10 +145,10 @@ class PruningResult:
         weights and ``prune.remove`` gives them back). A model passed in is changed in place;
         on the original dense model the masks prune without the OBS weight update.
         """
-        target = copy.deepcopy(self.model) if model is None else model
+        target = private_copy(self.model) if model is None else model
         modules = dict(target.named_modules())
         for p in self.layout.parameters:
-            module_name, _, attr = p.name.rpartition(".")
+            module_name, _, attr = p.tensor_name.rpartition(".")
             module = modules.get(module_name)
             tensor = getattr(module, attr, None) if module is not None else None
             if tensor is None or tuple(tensor.shape) != p.shape:
@@ -163,8 +163,8 @@ class PruningResult:
         """The masks under the keys ``torch.nn.utils.prune`` uses (``"<module>.<param>_mask"``)."""
         params = dict(self.model.named_parameters())
         return {
-            f"{name}_mask": mask.to(dtype=params[name].dtype).clone()
-            for name, mask in self.masks.items()
+            f"{p.tensor_name}_mask": self.masks[p.name].to(dtype=params[p.name].dtype).clone()
+            for p in self.layout.parameters
         }
 
 
@@ -196,6 +196,8 @@ def prune_model(
     schedule, options = with_changes(
         changes, schedule or PruningSchedule(), options or RunOptions()
     )
+    if data is not None and (eval_data is None or options.recalibrate_bn):
+        check_reusable(data, "data")  # read for the curvature, then again
     how = resolve_method(method)
     check_sparsity_argument(sparsity, schedule.scope)
     if isinstance(how, PruningSettings):
@@ -307,7 +309,7 @@ def run_pruning(
     schedule, options = schedule or PruningSchedule(), options or RunOptions()
     check_sparsity_argument(sparsity, schedule.scope)
     steps = schedule.steps
-    work = copy.deepcopy(model)
+    work = private_copy(model)
     params = dict(work.named_parameters())
     w_dense = layout.flatten(work).to(torch.float64)
     pruned = w_dense == 0
@@ -392,7 +394,7 @@ def run_pruning(
 def _evaluate(model, work, layout, eval_data, options: RunOptions, summary, layers) -> None:
     """Loss and accuracy before and after into ``summary``; each layer's own loss change."""
     loss_fn = options.loss_fn
-    dense = evaluate_model(copy.deepcopy(model), eval_data, loss_fn=loss_fn)
+    dense = evaluate_model(private_copy(model), eval_data, loss_fn=loss_fn)
     after = evaluate_model(work, eval_data, loss_fn=loss_fn)
     summary.update(
         dense_loss=dense["loss"],
@@ -461,7 +463,7 @@ def _layer_table(layout, pruned, initially, contributions) -> pd.DataFrame:
 @torch.no_grad()
 def _per_layer_actual(model, work, layout, data, loss_fn, dense_loss) -> list[float]:
     """Loss change when only one layer's final weights replace the dense ones."""
-    probe = copy.deepcopy(model)
+    probe = private_copy(model)
     probe_params = dict(probe.named_parameters())
     final = dict(work.named_parameters())
     out = []

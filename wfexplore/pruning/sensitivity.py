@@ -7,7 +7,6 @@ for different layers and sparsities are comparable.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Mapping, Sequence
 
 import pandas as pd
@@ -15,6 +14,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from wfexplore._checks import check_reusable
+from wfexplore.copies import private_copy
 from wfexplore.curvature.base import AnyCurvature
 from wfexplore.params import ParameterLayout
 from wfexplore.pruning.estimation import (
@@ -92,12 +93,14 @@ def layer_sensitivity(
     (options,) = with_changes(changes, options or RunOptions())
     grid = _grid(sparsities)
     resolved_update(update, diagonal=False)  # a bad update is refused before any work
+    if eval_data is None and data is not None:
+        check_reusable(data, "data")  # read for the curvature, then for every evaluation
     eval_data = eval_data if eval_data is not None else data
     if eval_data is None:
         raise ValueError("eval_data: pass a loader to measure the actual loss change on")
     curvature, layout = curvature_for(model, method, data, options)
     update = resolved_update(update, diagonal=curvature.is_diagonal)
-    probe = copy.deepcopy(model)
+    probe = private_copy(model)
     params = dict(probe.named_parameters())
     w = layout.flatten(probe).to(torch.float64)
     inverse_diag = curvature.inverse_diag()

@@ -17,7 +17,6 @@ and computes only the missing ones.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import itertools
 import json
@@ -36,7 +35,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import wfexplore
-from wfexplore._checks import one_of, positive_float, positive_int
+from wfexplore._checks import check_reusable, one_of, positive_float, positive_int
+from wfexplore.copies import private_copy
 from wfexplore.curvature.base import Curvature, DampedCurvature
 from wfexplore.curvature.estimate import estimate_curvature, from_gradients
 from wfexplore.curvature.identity import IdentityCurvature
@@ -62,7 +62,7 @@ from wfexplore.pruning.fingerprints import (
 from wfexplore.pruning.masks import SCOPES, check_sparsity
 from wfexplore.pruning.prune import PruningSchedule, RunOptions, run_pruning
 from wfexplore.pruning.updates import UPDATES
-from wfexplore.training import cache_dir
+from wfexplore.training import resolve_cache_folder
 
 CACHE_VERSION = 2
 DEFAULT_SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95)
@@ -171,6 +171,8 @@ def sweep(
         )
     if options.recalibrate_bn and data is None:
         raise ValueError("recalibrate_bn=True needs data=<loader>")
+    if data is not None:
+        check_reusable(data, "data")  # fingerprinted, then read for the curvature
     run = _SweepRun(model, data, eval_data, grid, base, schedule, options, keep_masks)
     run.open_cache(cache, cache_key)
     return run.rows()
@@ -233,7 +235,7 @@ class _SweepRun:
         }
 
     def rows(self) -> pd.DataFrame:
-        dense_copy = copy.deepcopy(self.model)
+        dense_copy = private_copy(self.model)
         loss_fn = self.options.loss_fn
         self.dense = {
             name: evaluate_model(dense_copy, loader, loss_fn=loss_fn, name="eval_data")
@@ -463,11 +465,7 @@ def _point_key(base, examples_hash, settings, point, options: RunOptions) -> str
 
 
 def _cache_folder(cache) -> Path | None:
-    if cache is False or cache is None:
-        return None
-    folder = cache_dir() / "sweeps" if cache is True else Path(cache).expanduser()
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    return resolve_cache_folder(cache, "sweeps")
 
 
 def _pruned_masks(model: nn.Module, result) -> dict[str, dict[str, torch.Tensor]]:
@@ -482,41 +480,67 @@ def _pruned_masks(model: nn.Module, result) -> dict[str, dict[str, torch.Tensor]
     return {"masks": masks, "moved": moved}
 
 
+ROW_COLUMNS = ("method", "update", "scope", "steps", "sparsity", "achieved_sparsity")
+"""Columns every cached row holds; an entry without them is not a row of this sweep."""
+
+
 def _read_cached(folder: Path, key: str, keep_masks: bool = False) -> dict | None:
+    """The cached row of ``key``, or None; an entry that cannot be read is recomputed."""
     path = folder / f"{key}.json"
-    if not path.is_file():
+    if not path.exists():
         return None
     try:
         stored = json.loads(path.read_text())
-        if stored.get("key") != key:
-            return None
-        row = stored["row"]
+        row = stored["row"] if isinstance(stored, dict) and stored.get("key") == key else None
+        if not (isinstance(row, dict) and all(c in row for c in ROW_COLUMNS)):
+            raise ValueError("not a sweep row")
         if keep_masks:
             if not stored.get("masks"):
-                return None
+                return None  # cached without its masks: pruned again, and stored with them
             row.update(_read_masks(folder / f"{key}.npz", stored["masks"]))
         return row
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # an unreadable entry (or one without its masks) is recomputed
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        warnings.warn(
+            f"sweep cache: the entry {path} cannot be read ({type(err).__name__}: {err}); "
+            "the point is computed again",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return None
 
 
 def _write_cached(folder: Path, key: str, row: dict, masks: dict | None = None) -> None:
+    """Store a row (and its packed masks) atomically; a failure to store is a warning."""
     shapes = None
-    if masks:
-        shapes = {name: list(keep.shape) for name, keep in masks["masks"].items()}
-        packed = {
-            f"{kind}/{name}": np.packbits(tensor.numpy().reshape(-1))
-            for kind, by_name in masks.items()
-            for name, tensor in by_name.items()
-        }
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{key}.", suffix=".npz.tmp")
+    try:
+        if masks:
+            shapes = {name: list(keep.shape) for name, keep in masks["masks"].items()}
+            packed = {
+                f"{kind}/{name}": np.packbits(tensor.numpy().reshape(-1))
+                for kind, by_name in masks.items()
+                for name, tensor in by_name.items()
+            }
+            _atomic_write(folder, key, ".npz", lambda f: np.savez_compressed(f, **packed))
+        entry = json.dumps({"key": key, "row": row, "masks": shapes}, default=str).encode()
+        _atomic_write(folder, key, ".json", lambda f: f.write(entry))
+    except OSError as err:
+        warnings.warn(
+            f"sweep cache: the row could not be stored in {folder} ({err}); the sweep goes on "
+            "without caching it",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
+def _atomic_write(folder: Path, key: str, suffix: str, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{key}.", suffix=f"{suffix}.tmp")
+    try:
         with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **packed)
-        os.replace(tmp, folder / f"{key}.npz")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{key}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump({"key": key, "row": row, "masks": shapes}, f, default=str)
-    os.replace(tmp, folder / f"{key}.json")
+            write(f)
+        os.replace(tmp, folder / f"{key}{suffix}")
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _read_masks(path: Path, shapes: dict[str, list[int]]) -> dict[str, dict[str, torch.Tensor]]:
