@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-import wfexplore.widgets.fisher_explorer as explorer_module
+import wfexplore.experiments.fisher_hessian as experiment_module
 from tests.conftest import dense_block_fisher, loop_gradients
 from tests.test_hessian import autograd_hessian
 from wfexplore.params import ParameterLayout
@@ -15,9 +15,10 @@ LAYER = "0.weight"  # 5×6 = 30 weights in the conftest MLP; "3.weight" has 15
 
 @pytest.fixture
 def counted(monkeypatch):
-    """Count the calls of the two expensive functions the explorer may make."""
+    """Count the calls of the two expensive functions the explorer's cache may make."""
     calls = {"hessian": 0, "gradients": 0}
-    real_hessian, real_gradients = explorer_module.hessian_blocks, explorer_module.gradient_samples
+    real_hessian = experiment_module.hessian_blocks
+    real_gradients = experiment_module.gradient_samples
 
     def hessian(*args, **kwargs):
         calls["hessian"] += 1
@@ -27,8 +28,8 @@ def counted(monkeypatch):
         calls["gradients"] += 1
         return real_gradients(*args, **kwargs)
 
-    monkeypatch.setattr(explorer_module, "hessian_blocks", hessian)
-    monkeypatch.setattr(explorer_module, "gradient_samples", gradients)
+    monkeypatch.setattr(experiment_module, "hessian_blocks", hessian)
+    monkeypatch.setattr(experiment_module, "gradient_samples", gradients)
     return calls
 
 

@@ -5,8 +5,8 @@ import torch
 
 from tests.conftest import dense_block_fisher, loop_gradients
 from tests.test_hessian import autograd_hessian
-from wfexplore.analysis import compare_fisher_and_hessian
 from wfexplore.cli import main
+from wfexplore.experiments import compare_fisher_and_hessian
 from wfexplore.params import ParameterLayout
 
 
