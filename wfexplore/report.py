@@ -165,6 +165,36 @@ def model_table(
     return pd.DataFrame(rows, columns=["", "value"])
 
 
+def _fisher_hessian_text(comparison: FisherHessianComparison) -> list[str]:
+    f = comparison.fisher
+    return [
+        "<h2>Fisher versus Hessian, layer by layer</h2>",
+        '<p class="wfx-note">Empirical Fisher F (dense blocks of '
+        f"{html.escape(str(f.layout.block_size))} weights, λ = {f.damping:.3g}) against the "
+        "exact Hessian H of the same blocks. Dominance statistics are of the undamped "
+        "matrices; the error is ‖F_λ − H_λ‖_F / ‖H_λ‖_F, the cosine that of the OBS update "
+        "directions. Medians over each layer's blocks.</p>",
+        _table_html(comparison.layers, "{:.3f}"),
+    ]
+
+
+def _pruning_text(pruning: PruningComparison) -> list[str]:
+    st = pruning.settings
+    return [
+        "<h2>Pruning comparison</h2>",
+        '<p class="wfx-note">One-shot '
+        f"{html.escape(str(st.get('scope', '')))} pruning of the analysed weights; "
+        f"OBD and WoodFisher use the empirical Fisher of m = {st.get('num_samples')} "
+        f"gradients with λ = {st.get('damping', float('nan')):.3g}; WoodFisher blocks of "
+        f"{html.escape(str(st.get('block_size')))} weights with the "
+        f"{html.escape(str(st.get('update')))} OBS update. Accuracy and loss on the test "
+        "split.</p>",
+        "<h3>Test accuracy</h3>",
+        _table_html(pruning.summary("accuracy"), "{:.3f}"),
+        *(f'<p class="wfx-note">{html.escape(sentence)}</p>' for sentence in pruning.findings()),
+    ]
+
+
 def write_report(
     path: str | Path,
     *,
@@ -204,33 +234,10 @@ def write_report(
         sections.append("<h2>Model and data</h2>")
         sections.append(_table_html(frame))
     if fisher_hessian is not None:
-        f = fisher_hessian.fisher
-        sections.append("<h2>Fisher versus Hessian, layer by layer</h2>")
-        sections.append(
-            '<p class="wfx-note">Empirical Fisher F (dense blocks of '
-            f"{html.escape(str(f.layout.block_size))} weights, λ = {f.damping:.3g}) against the "
-            "exact Hessian H of the same blocks. Dominance statistics are of the undamped "
-            "matrices; the error is ‖F_λ − H_λ‖_F / ‖H_λ‖_F, the cosine that of the OBS update "
-            "directions. Medians over each layer's blocks.</p>"
-        )
-        sections.append(_table_html(fisher_hessian.layers, "{:.3f}"))
+        sections += _fisher_hessian_text(fisher_hessian)
         add_figures(fisher_hessian_figures(fisher_hessian))
     if pruning is not None:
-        st = pruning.settings
-        sections.append("<h2>Pruning comparison</h2>")
-        sections.append(
-            '<p class="wfx-note">One-shot '
-            f"{html.escape(str(st.get('scope', '')))} pruning of the analysed weights; "
-            f"OBD and WoodFisher use the empirical Fisher of m = {st.get('num_samples')} "
-            f"gradients with λ = {st.get('damping', float('nan')):.3g}; WoodFisher blocks of "
-            f"{html.escape(str(st.get('block_size')))} weights with the "
-            f"{html.escape(str(st.get('update')))} OBS update. Accuracy and loss on the test "
-            "split.</p>"
-        )
-        sections.append("<h3>Test accuracy</h3>")
-        sections.append(_table_html(pruning.summary("accuracy"), "{:.3f}"))
-        for sentence in pruning.findings():
-            sections.append(f'<p class="wfx-note">{html.escape(sentence)}</p>')
+        sections += _pruning_text(pruning)
         add_figures(pruning_figures_for(pruning))
     if figures:
         sections.append("<h2>More figures</h2>")

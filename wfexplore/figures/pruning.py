@@ -479,22 +479,9 @@ def sensitivity_scatter(
                     f"<extra>{name}</extra>",
                 )
             )
-    if hidden:
-        rest = pd.concat(hidden)
-        if len(rest):
-            rx, ry = rest[x].to_numpy(dtype=float), rest[y].to_numpy(dtype=float)
-            fig.add_trace(
-                go.Scatter(
-                    x=np.where(rx > 0, rx, floor),
-                    y=np.where(ry > 0, ry, floor),
-                    mode="markers",
-                    name="≤ 0 (drawn at the floor)",
-                    marker={"color": "#555", "symbol": "triangle-down-open", "size": 9},
-                    customdata=np.stack([rx, ry], axis=1),
-                    hovertemplate=f"{x} %{{customdata[0]:.3g}}<br>{y} %{{customdata[1]:.3g}}"
-                    "<extra>not drawable on a log axis</extra>",
-                )
-            )
+    rest = pd.concat(hidden) if hidden else frame.iloc[:0]
+    if len(rest):
+        fig.add_trace(_floor_trace(rest, x, y, floor))
     finite = np.concatenate([xs_all, ys_all])
     finite = finite[np.isfinite(finite) & ((finite > 0) if log else True)]
     low = float(finite.min()) if finite.size else floor
@@ -516,6 +503,21 @@ def sensitivity_scatter(
     fig.update_yaxes(title_text=y.replace("_", " "), **axis)
     fig.update_layout(title=title, height=440, legend_title_text=color)
     return fig
+
+
+def _floor_trace(rest: pd.DataFrame, x: str, y: str, floor: float) -> go.Scatter:
+    """The points a log axis cannot draw, at ``floor``, their true values in the hover."""
+    rx, ry = rest[x].to_numpy(dtype=float), rest[y].to_numpy(dtype=float)
+    return go.Scatter(
+        x=np.where(rx > 0, rx, floor),
+        y=np.where(ry > 0, ry, floor),
+        mode="markers",
+        name="≤ 0 (drawn at the floor)",
+        marker={"color": "#555", "symbol": "triangle-down-open", "size": 9},
+        customdata=np.stack([rx, ry], axis=1),
+        hovertemplate=f"{x} %{{customdata[0]:.3g}}<br>{y} %{{customdata[1]:.3g}}"
+        "<extra>not drawable on a log axis</extra>",
+    )
 
 
 # --- masks as pictures -----------------------------------------------------------------------
