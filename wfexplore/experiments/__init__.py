@@ -18,7 +18,7 @@ from wfexplore.experiments.common import (
     QUIET,
     ImpossibleSetting,
     MethodCurvatures,
-    Steps,
+    Progress,
     effective_update,
     method_label,
 )
@@ -49,7 +49,7 @@ __all__ = [
     "MethodCurvatures",
     "PrunedPoint",
     "PruningComparison",
-    "Steps",
+    "Progress",
     "allocation_frame",
     "compare_fisher_and_hessian",
     "compare_methods_sentences",

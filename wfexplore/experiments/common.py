@@ -34,7 +34,7 @@ class ImpossibleSetting(ValueError):
     """A choice of settings that cannot be computed; the message says why and what to do."""
 
 
-class Steps(Protocol):
+class Progress(Protocol):
     """Where an experiment reports its progress: what it does next, and each step done."""
 
     def note(self, text: str) -> None: ...
@@ -50,7 +50,7 @@ class _Quiet:
         pass
 
 
-QUIET: Steps = _Quiet()
+QUIET: Progress = _Quiet()
 
 
 def method_label(method: str) -> str:

@@ -20,9 +20,7 @@ import torch
 from torch import nn
 
 from wfexplore.experiments.common import (
-    QUIET,
     MethodCurvatures,
-    Steps,
     check_methods,
     effective_update,
     method_label,
@@ -226,7 +224,6 @@ def compare_pruning(
     image_shape: tuple[int, int] | None = None,
     cache: bool | str | Path = True,
     progress: bool = True,
-    steps: Steps = QUIET,
 ) -> PruningComparison:
     """One-shot pruning of ``model`` by each method, from one sweep that keeps its masks.
 
@@ -237,7 +234,7 @@ def compare_pruning(
     ``data``, gives the saliencies and the per-layer sensitivity. ``data`` should yield its
     examples in a fixed order (the sweep's on-disk cache is keyed by them).
     ``picture_layer`` defaults to the first analysed layer, ``image_shape`` to 8×8 for 64
-    inputs.
+    inputs. ``progress`` shows the core's progress bars.
     """
     methods = check_methods(methods)
     sparsities = [float(s) for s in sparsities]
@@ -260,7 +257,6 @@ def compare_pruning(
         eval_data,
         sparsities=sensitivity_sparsities,
         update=update,
-        steps=steps,
     ).sensitivity
     return PruningComparison(
         sweep=frame,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from wfexplore.curvature.base import Curvature
-from wfexplore.experiments.common import QUIET, MethodCurvatures, Steps, method_label
+from wfexplore.experiments.common import QUIET, MethodCurvatures, Progress, method_label
 from wfexplore.pruning import Saliency
 
 NO_PREDICTION = ("magnitude",)
@@ -31,7 +31,7 @@ class LayerSensitivity:
 
 
 def sensitivity_steps(methods: Sequence[str]) -> int:
-    """How many steps :func:`layer_sensitivities` reports for ``methods``."""
+    """How many steps :func:`layer_sensitivities` reports to its ``reporter`` for ``methods``."""
     return len(methods) + sum(m not in NO_PREDICTION for m in methods)
 
 
@@ -42,7 +42,7 @@ def layer_sensitivities(
     *,
     sparsities: Sequence[float],
     update: str | None = None,
-    steps: Steps = QUIET,
+    reporter: Progress = QUIET,
 ) -> LayerSensitivity:
     """Saliencies of ``methods`` and, for those with a curvature, each layer pruned alone.
 
@@ -52,17 +52,17 @@ def layer_sensitivities(
     frames = []
     layers = len(study.layers)
     for method in methods:
-        steps.note(f"Estimating the curvature of {method_label(method)}…")
+        reporter.note(f"Estimating the curvature of {method_label(method)}…")
         study.saliency(method)
-        steps.step()
+        reporter.step()
         if method in NO_PREDICTION:
             continue
-        steps.note(
+        reporter.note(
             f"Pruning each of the {layers} layers alone with {method_label(method)} "
             f"at {len(sparsities)} sparsities…"
         )
         frames.append(study.sensitivity(method, eval_data, sparsities, update))
-        steps.step()
+        reporter.step()
     return LayerSensitivity(
         saliencies={m: study.saliencies[m] for m in methods},
         curvatures={m: study.curvatures[m] for m in methods},

@@ -4,7 +4,7 @@ a message area, a progress bar with a label, figure slots and display in a noteb
 The choices live in one ``traitlets.HasTraits`` model (``state``); each control's value is
 linked to a trait of it, and the dashboard observes the traits, as in the model–view
 examples of ipywidgets. Experiments report progress through :meth:`ComputingDashboard.note`
-and :meth:`ComputingDashboard.step` (the :class:`~wfexplore.experiments.Steps` protocol).
+and :meth:`ComputingDashboard.step` (the :class:`~wfexplore.experiments.Progress` protocol).
 """
 
 from __future__ import annotations

@@ -184,7 +184,7 @@ class LayerSensitivityExplorer(ComputingDashboard):
                 self.eval_data,
                 sparsities=self.sparsity_grid,
                 update=self.update_rule,
-                steps=self,
+                reporter=self,
             )
         self.computations += len(todo)
         frames = [f for f in (self.sensitivity, result.sensitivity) if len(f)]
