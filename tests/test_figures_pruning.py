@@ -244,3 +244,13 @@ def test_overlap_bars_equal_the_jaccard_of_the_pruned_sets():
     # pruned: p → {1, 2} vs {0, 1}: 1 / 3; q → {0} vs {}: 0 / 1
     np.testing.assert_allclose(bars.y, [1 / 3, 0.0])
     assert list(bars.x) == ["p", "q"] and "A vs B" in fig.layout.title.text
+
+
+def test_mask_categories_from_a_moved_mask_equal_those_from_the_weights():
+    keep = torch.tensor([[True, False], [True, True]])
+    before = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    after = torch.tensor([[1.0, 0.0], [3.5, 4.0]])
+    moved = keep & (after != before)
+    np.testing.assert_array_equal(
+        mask_categories(keep, moved=moved), mask_categories(keep, before, after)
+    )

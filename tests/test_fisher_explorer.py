@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-import wfexplore.widgets.fisher_explorer as explorer_module
+import wfexplore.experiments.fisher_hessian as experiment_module
 from tests.conftest import dense_block_fisher, loop_gradients
 from tests.test_hessian import autograd_hessian
 from wfexplore.params import ParameterLayout
@@ -15,9 +15,10 @@ LAYER = "0.weight"  # 5×6 = 30 weights in the conftest MLP; "3.weight" has 15
 
 @pytest.fixture
 def counted(monkeypatch):
-    """Count the calls of the two expensive functions the explorer may make."""
+    """Count the calls of the two expensive functions the explorer's cache may make."""
     calls = {"hessian": 0, "gradients": 0}
-    real_hessian, real_gradients = explorer_module.hessian_blocks, explorer_module.gradient_samples
+    real_hessian = experiment_module.hessian_blocks
+    real_gradients = experiment_module.gradient_samples
 
     def hessian(*args, **kwargs):
         calls["hessian"] += 1
@@ -27,8 +28,8 @@ def counted(monkeypatch):
         calls["gradients"] += 1
         return real_gradients(*args, **kwargs)
 
-    monkeypatch.setattr(explorer_module, "hessian_blocks", hessian)
-    monkeypatch.setattr(explorer_module, "gradient_samples", gradients)
+    monkeypatch.setattr(experiment_module, "hessian_blocks", hessian)
+    monkeypatch.setattr(experiment_module, "gradient_samples", gradients)
     return calls
 
 
@@ -161,3 +162,17 @@ def test_sweep_rows_are_block_medians_of_the_hand_built_comparison(mlp, mlp_load
     assert row["relative_frobenius_error"] == pytest.approx(np.median(errors), rel=1e-8)
     mini = frame[frame["varied"] == "batch_size"].iloc[0]
     assert mini["fisher_mean_diagonal"] < frame.iloc[1]["fisher_mean_diagonal"]
+
+
+def test_the_state_drives_the_controls_and_the_heatmaps(mlp, mlp_loader, counted):
+    explorer = make_explorer(mlp, mlp_loader)
+    before = heatmaps(explorer)
+    explorer.state.damping = 3e-2
+    assert explorer.damping.value == pytest.approx(3e-2)
+    assert not np.array_equal(before[1], heatmaps(explorer)[1])
+    explorer.state.block = 3
+    assert explorer.block.value == 3 and "block 3" in explorer.figure.layout.title.text
+    explorer.state.block_size = 16  # 30 weights: two blocks, so block 3 is lowered to 1
+    assert explorer.block.max == 1 and explorer.block.value == explorer.state.block == 1
+    assert "block 1" in explorer.figure.layout.title.text and explorer.message.value == ""
+    assert counted["gradients"] == 1

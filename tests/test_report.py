@@ -6,8 +6,8 @@ import re
 import plotly.offline
 import pytest
 
-from wfexplore.analysis import compare_fisher_and_hessian
-from wfexplore.report import compare_pruning, model_table, write_report
+from wfexplore.experiments import compare_fisher_and_hessian, compare_pruning
+from wfexplore.report import model_table, write_report
 
 PLOTLY_BANNER = "* plotly.js v"
 

@@ -1,10 +1,9 @@
 r"""One self-contained HTML report: model and data, Fisher versus Hessian, pruning comparison.
 
-:func:`compare_pruning` runs the pruning comparison through the core (a
-:func:`~wfexplore.pruning.sweep` of methods × sparsities, one pruned model per method at a
-chosen sparsity, saliencies, per-layer sensitivity and mask overlaps); :func:`write_report`
-composes results it is given into one HTML file with plotly.js inlined once, every figure
-inline and no request to the network, so that it opens offline.
+:func:`write_report` composes results of the experiments it is given
+(:func:`~wfexplore.experiments.compare_fisher_and_hessian`,
+:func:`~wfexplore.experiments.compare_pruning`) into one HTML file with plotly.js inlined
+once, every figure inline and no request to the network, so that it opens offline.
 """
 
 from __future__ import annotations
@@ -12,8 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import html
 import itertools
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,224 +21,9 @@ import plotly.offline
 from torch import nn
 
 import wfexplore
-from wfexplore.analysis import FisherHessianComparison
+from wfexplore.experiments import FisherHessianComparison, PruningComparison
 from wfexplore.figures import curvature as curvature_figures
 from wfexplore.figures import pruning as pruning_figures
-from wfexplore.params import BlockSpec
-from wfexplore.pruning import (
-    PruningResult,
-    PruningSettings,
-    Saliency,
-    compute_saliency,
-    estimate_curvature,
-    layer_sensitivity,
-    mask_overlap,
-    prune_model,
-    sweep,
-)
-from wfexplore.pruning.estimation import take_examples
-
-DEFAULT_METHODS = ("magnitude", "obd", "woodfisher")
-DEFAULT_SPARSITIES = (0.5, 0.7, 0.8, 0.9)
-
-
-@dataclass
-class PruningComparison:
-    """What :func:`compare_pruning` computed; every field is a tidy frame or a core object.
-
-    ``sweep``: the sweep frame (accuracy and loss per method and sparsity); ``results``:
-    method → :class:`~wfexplore.pruning.PruningResult` at ``sparsity``; ``allocation``:
-    per-layer sparsity of those results; ``categories``: method → pruned / kept /
-    compensated per weight of ``picture_layer``; ``overlap``: Jaccard overlap of the pruned
-    sets per layer and pair of methods; ``saliencies``: method → saliencies of the dense
-    model; ``sensitivity``: each layer pruned alone (``method`` column).
-    """
-
-    sweep: pd.DataFrame
-    sparsity: float
-    results: dict[str, PruningResult]
-    allocation: pd.DataFrame
-    picture_layer: str
-    image_shape: tuple[int, int] | None
-    categories: dict[str, np.ndarray]
-    overlap: pd.DataFrame
-    saliencies: dict[str, Saliency] = field(repr=False)
-    sensitivity: pd.DataFrame
-    settings: dict = field(default_factory=dict)
-
-    def summary(self, value: str = "accuracy") -> pd.DataFrame:
-        """Sparsity down, method across: ``value`` of the sweep, plus the unpruned value."""
-        table = self.sweep.pivot_table(
-            index="sparsity", columns="method", values=value, sort=False
-        ).sort_index()
-        order = self.settings.get("methods") or list(dict.fromkeys(self.sweep["method"]))
-        table = table[[m for m in order if m in table.columns]]
-        table.columns = [pruning_figures.method_label(m) for m in table.columns]
-        dense = f"dense_{value}"
-        if dense in self.sweep.columns:
-            table.insert(0, "unpruned", float(self.sweep[dense].iloc[0]))
-        return table.reset_index()
-
-    def findings(self, a: str = "woodfisher", b: str = "magnitude") -> list[str]:
-        """Sentences, computed from the sweep, on where ``a`` beats ``b`` and where not."""
-        return compare_methods_sentences(self.sweep, a, b)
-
-
-def compare_methods_sentences(
-    frame: pd.DataFrame, a: str = "woodfisher", b: str = "magnitude", value: str = "accuracy"
-) -> list[str]:
-    """Per sparsity of a sweep frame: does method ``a`` reach a higher ``value`` than ``b``?"""
-    if not {a, b} <= set(frame["method"]):
-        return []
-    table = frame.pivot_table(index="sparsity", columns="method", values=value).sort_index()
-    la, lb = pruning_figures.method_label(a), pruning_figures.method_label(b)
-    better = [s for s in table.index if table.loc[s, a] > table.loc[s, b]]
-    worse = [s for s in table.index if table.loc[s, a] < table.loc[s, b]]
-    tied = [s for s in table.index if table.loc[s, a] == table.loc[s, b]]
-
-    def listing(values):
-        return ", ".join(f"{s:.0%}" for s in values)
-
-    out = []
-    if better:
-        gaps = [table.loc[s, a] - table.loc[s, b] for s in better]
-        s_best = better[int(np.argmax(gaps))]
-        out.append(
-            f"{la} keeps a higher {value} than {lb} at sparsity {listing(better)}; the largest "
-            f"gap is at {s_best:.0%}: {table.loc[s_best, a]:.3f} against "
-            f"{table.loc[s_best, b]:.3f}."
-        )
-    if worse:
-        out.append(
-            f"{lb} is more accurate than {la} at {listing(worse)} ("
-            + "; ".join(f"{s:.0%}: {table.loc[s, b]:.3f} vs {table.loc[s, a]:.3f}" for s in worse)
-            + ")."
-        )
-    if tied:
-        out.append(f"They tie at {listing(tied)}.")
-    return out
-
-
-def compare_pruning(
-    model: nn.Module,
-    data: Iterable,
-    eval_data: Iterable,
-    *,
-    methods: Sequence[str] = DEFAULT_METHODS,
-    sparsities: Sequence[float] = DEFAULT_SPARSITIES,
-    sparsity: float | None = None,
-    damping: float = 1e-4,
-    num_samples: int = 256,
-    block_size: BlockSpec = 64,
-    scope: str = "global",
-    update: str = "summed",
-    sensitivity_methods: Sequence[str] = ("obd", "woodfisher"),
-    sensitivity_sparsities: Sequence[float] = (0.3, 0.6, 0.9),
-    picture_layer: str | None = None,
-    image_shape: tuple[int, int] | None = None,
-    cache: bool | str | Path = True,
-    progress: bool = True,
-) -> PruningComparison:
-    """One-shot pruning of ``model`` by each method, through the core functions.
-
-    The sweep (``methods`` × ``sparsities``, one ``scope`` and ``update``) measures accuracy
-    and loss on ``eval_data``; at ``sparsity`` (default: the middle of ``sparsities``) each
-    method prunes once more with its curvature, estimated once on ``data`` and reused for
-    the saliencies and the per-layer sensitivity. ``data`` should yield its examples in a
-    fixed order (the sweep's on-disk cache is keyed by them). ``picture_layer`` (default:
-    the first analysed layer) is drawn; ``image_shape`` defaults to 8×8 for 64 inputs.
-    """
-    methods = list(dict.fromkeys(methods))
-    if not methods:
-        raise ValueError("methods: give at least one pruning method")
-    if sparsity is None:
-        sparsity = sorted(sparsities)[len(sparsities) // 2]
-    frame = sweep(
-        model,
-        data,
-        methods=methods,
-        sparsities=sparsities,
-        scopes=(scope,),
-        updates=(update,),
-        dampings=(damping,),
-        num_samples=(num_samples,),
-        block_sizes=(block_size,),
-        eval_data=eval_data,
-        cache=cache,
-        progress=progress,
-    )
-    results: dict[str, PruningResult] = {}
-    saliencies: dict[str, Saliency] = {}
-    sensitivity = []
-    examples = None
-    for method in methods:
-        settings = PruningSettings(
-            method, damping=damping, num_samples=num_samples, block_size=block_size
-        )
-        layout = settings.layout(model)
-        if settings.needs_data and examples is None:
-            examples = take_examples(data, settings.examples_needed)
-        curvature = estimate_curvature(model, examples, layout, settings, progress=progress)
-        saliencies[method] = compute_saliency(model, curvature)
-        method_update = update if method in ("woodfisher", "kfac") else None
-        results[method] = prune_model(
-            model,
-            curvature,
-            sparsity,
-            scope=scope,
-            update=method_update,
-            progress=False,
-        )  # accuracy and loss are the sweep's; this run is for masks and per-layer counts
-        if method in sensitivity_methods:
-            table = layer_sensitivity(
-                model,
-                curvature,
-                eval_data=eval_data,
-                sparsities=sensitivity_sparsities,
-                update=method_update,
-                progress=progress,
-            )
-            table.insert(0, "method", method)
-            sensitivity.append(table)
-    first = next(iter(results.values()))
-    picture_layer = picture_layer or first.layout.names[0]
-    shape = first.layout.parameter(picture_layer).shape
-    if image_shape is None and len(shape) == 2 and shape[1] == 64:
-        image_shape = (8, 8)
-    categories = {
-        pruning_figures.method_label(m): pruning_figures.result_categories(r, model, picture_layer)
-        for m, r in results.items()
-    }
-    overlaps = []
-    for a, b in itertools.combinations(methods, 2):
-        table = mask_overlap(results[a], results[b])
-        table.insert(
-            0,
-            "pair",
-            f"{pruning_figures.method_label(a)} vs {pruning_figures.method_label(b)}",
-        )
-        overlaps.append(table)
-    return PruningComparison(
-        sweep=frame,
-        sparsity=float(sparsity),
-        results=results,
-        allocation=pruning_figures.allocation_frame(results),
-        picture_layer=picture_layer,
-        image_shape=image_shape,
-        categories=categories,
-        overlap=pd.concat(overlaps, ignore_index=True) if overlaps else pd.DataFrame(),
-        saliencies=saliencies,
-        sensitivity=pd.concat(sensitivity, ignore_index=True) if sensitivity else pd.DataFrame(),
-        settings={
-            "methods": methods,
-            "sparsities": list(sparsities),
-            "damping": damping,
-            "num_samples": num_samples,
-            "block_size": block_size,
-            "scope": scope,
-            "update": update,
-        },
-    )
 
 
 # --- figures of the report -------------------------------------------------------------------
@@ -300,7 +83,7 @@ def pruning_figures_for(pruning: PruningComparison) -> dict[str, go.Figure]:
             title=f"Sparsity of each layer ({pruning.settings.get('scope', 'global')} pruning)",
         ),
         "Masks": pruning_figures.mask_figure(
-            pruning.categories,
+            pruning_figures.mask_panels(pruning.points, pruning.picture_layer),
             image_shape=pruning.image_shape,
             title=f"{pruning.picture_layer} at {s:.0%} sparsity"
             + (" (one 8×8 image per hidden unit)" if pruning.image_shape == (8, 8) else ""),
@@ -382,6 +165,36 @@ def model_table(
     return pd.DataFrame(rows, columns=["", "value"])
 
 
+def _fisher_hessian_text(comparison: FisherHessianComparison) -> list[str]:
+    f = comparison.fisher
+    return [
+        "<h2>Fisher versus Hessian, layer by layer</h2>",
+        '<p class="wfx-note">Empirical Fisher F (dense blocks of '
+        f"{html.escape(str(f.layout.block_size))} weights, λ = {f.damping:.3g}) against the "
+        "exact Hessian H of the same blocks. Dominance statistics are of the undamped "
+        "matrices; the error is ‖F_λ − H_λ‖_F / ‖H_λ‖_F, the cosine that of the OBS update "
+        "directions. Medians over each layer's blocks.</p>",
+        _table_html(comparison.layers, "{:.3f}"),
+    ]
+
+
+def _pruning_text(pruning: PruningComparison) -> list[str]:
+    st = pruning.settings
+    return [
+        "<h2>Pruning comparison</h2>",
+        '<p class="wfx-note">One-shot '
+        f"{html.escape(str(st.get('scope', '')))} pruning of the analysed weights; "
+        f"OBD and WoodFisher use the empirical Fisher of m = {st.get('num_samples')} "
+        f"gradients with λ = {st.get('damping', float('nan')):.3g}; WoodFisher blocks of "
+        f"{html.escape(str(st.get('block_size')))} weights with the "
+        f"{html.escape(str(st.get('update')))} OBS update. Accuracy and loss on the test "
+        "split.</p>",
+        "<h3>Test accuracy</h3>",
+        _table_html(pruning.summary("accuracy"), "{:.3f}"),
+        *(f'<p class="wfx-note">{html.escape(sentence)}</p>' for sentence in pruning.findings()),
+    ]
+
+
 def write_report(
     path: str | Path,
     *,
@@ -397,8 +210,9 @@ def write_report(
 
     Sections, each present when its input is given: model and data (``model_info``, a
     frame or a name → value map), Fisher versus Hessian per layer (``fisher_hessian``, from
-    :func:`~wfexplore.analysis.compare_fisher_and_hessian`), pruning comparison
-    (``pruning``, from :func:`compare_pruning`), extra ``figures`` and summary ``tables``.
+    :func:`~wfexplore.experiments.compare_fisher_and_hessian`), pruning comparison
+    (``pruning``, from :func:`~wfexplore.experiments.compare_pruning`), extra ``figures`` and
+    summary ``tables``.
     plotly.js is inlined once in the head; every figure is a div drawn by it; no file or
     network resource is referenced, so the report opens offline.
     """
@@ -420,33 +234,10 @@ def write_report(
         sections.append("<h2>Model and data</h2>")
         sections.append(_table_html(frame))
     if fisher_hessian is not None:
-        f = fisher_hessian.fisher
-        sections.append("<h2>Fisher versus Hessian, layer by layer</h2>")
-        sections.append(
-            '<p class="wfx-note">Empirical Fisher F (dense blocks of '
-            f"{html.escape(str(f.layout.block_size))} weights, λ = {f.damping:.3g}) against the "
-            "exact Hessian H of the same blocks. Dominance statistics are of the undamped "
-            "matrices; the error is ‖F_λ − H_λ‖_F / ‖H_λ‖_F, the cosine that of the OBS update "
-            "directions. Medians over each layer's blocks.</p>"
-        )
-        sections.append(_table_html(fisher_hessian.layers, "{:.3f}"))
+        sections += _fisher_hessian_text(fisher_hessian)
         add_figures(fisher_hessian_figures(fisher_hessian))
     if pruning is not None:
-        st = pruning.settings
-        sections.append("<h2>Pruning comparison</h2>")
-        sections.append(
-            '<p class="wfx-note">One-shot '
-            f"{html.escape(str(st.get('scope', '')))} pruning of the analysed weights; "
-            f"OBD and WoodFisher use the empirical Fisher of m = {st.get('num_samples')} "
-            f"gradients with λ = {st.get('damping', float('nan')):.3g}; WoodFisher blocks of "
-            f"{html.escape(str(st.get('block_size')))} weights with the "
-            f"{html.escape(str(st.get('update')))} OBS update. Accuracy and loss on the test "
-            "split.</p>"
-        )
-        sections.append("<h3>Test accuracy</h3>")
-        sections.append(_table_html(pruning.summary("accuracy"), "{:.3f}"))
-        for sentence in pruning.findings():
-            sections.append(f'<p class="wfx-note">{html.escape(sentence)}</p>')
+        sections += _pruning_text(pruning)
         add_figures(pruning_figures_for(pruning))
     if figures:
         sections.append("<h2>More figures</h2>")
@@ -481,9 +272,6 @@ def write_report(
 
 
 __all__ = [
-    "PruningComparison",
-    "compare_methods_sentences",
-    "compare_pruning",
     "fisher_hessian_figures",
     "model_table",
     "pruning_figures_for",

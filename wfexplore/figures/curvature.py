@@ -1,7 +1,7 @@
 r"""Figures of curvature blocks: Fisher versus Hessian heatmaps, dominance, spectra, sweeps.
 
 Every function takes curvature objects, dense matrices or the tidy frames of
-:mod:`wfexplore.statistics` / :mod:`wfexplore.analysis` and returns a plotly figure; none
+:mod:`wfexplore.statistics` / :mod:`wfexplore.experiments` and returns a plotly figure; none
 computes a curvature.
 
 - :func:`block_heatmaps`: one block of several matrices side by side (e.g. the exact Hessian,
@@ -298,7 +298,7 @@ def dominance_long(frame: pd.DataFrame, *, color: str = "kind") -> pd.DataFrame:
 
     Accepts a :func:`~wfexplore.statistics.dominance_table` frame (each numeric column, also
     any added to it, is summarised by its median over blocks per parameter and kind) or the
-    ``layers`` frame of :func:`~wfexplore.analysis.compare_fisher_and_hessian` (its
+    ``layers`` frame of :func:`~wfexplore.experiments.compare_fisher_and_hessian` (its
     ``fisher_*`` / ``hessian_*`` columns, already medians over blocks).
     """
     if set(_LAYER_COLUMNS) <= set(frame.columns):

@@ -28,6 +28,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
+from wfexplore.experiments.common import METHOD_LABELS, method_label
 from wfexplore.pruning.prune import PruningResult
 from wfexplore.pruning.saliency import Saliency
 
@@ -38,13 +39,6 @@ METHOD_COLORS = {
     "kfac": "#2ca02c",
 }
 OTHER_COLORS = ("#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
-METHOD_LABELS = {
-    "magnitude": "magnitude",
-    "obd": "OBD",
-    "woodfisher": "WoodFisher",
-    "kfac": "K-FAC",
-}
-
 _LABEL_TO_METHOD = {label: method for method, label in METHOD_LABELS.items()}
 
 PRUNED, KEPT, COMPENSATED = 0, 1, 2
@@ -59,10 +53,6 @@ def method_color(method: str, index: int = 0) -> str:
     """The colour of a method, by name or label (fixed for the four built-in ones)."""
     key = _LABEL_TO_METHOD.get(str(method), str(method))
     return METHOD_COLORS.get(key, OTHER_COLORS[index % len(OTHER_COLORS)])
-
-
-def method_label(method: str) -> str:
-    return METHOD_LABELS.get(str(method), str(method))
 
 
 # --- saliencies ------------------------------------------------------------------------------
@@ -355,31 +345,6 @@ def marker_traces(frame: pd.DataFrame, ys: Sequence[str], sparsity: float) -> li
 
 
 # --- per-layer allocation --------------------------------------------------------------------
-def allocation_frame(results: Mapping[str, PruningResult]) -> pd.DataFrame:
-    """Per-layer sparsity of pruning results: ``method``, ``parameter``, ``numel``,
-    ``pruned``, ``layer_sparsity``, ``sparsity`` (overall), ``scope``, ``update``."""
-    frames = []
-    for method, result in results.items():
-        layers = result.layers
-        frames.append(
-            pd.DataFrame(
-                {
-                    "method": method,
-                    "parameter": layers["parameter"],
-                    "numel": layers["numel"],
-                    "pruned": layers["pruned"],
-                    "layer_sparsity": layers["sparsity"],
-                    "sparsity": result.summary["target_sparsity"],
-                    "scope": result.summary.get("scope"),
-                    "update": result.summary.get("update"),
-                }
-            )
-        )
-    if not frames:
-        raise ValueError("results: give at least one method → PruningResult")
-    return pd.concat(frames, ignore_index=True)
-
-
 def layer_sparsity_bars(
     frame: pd.DataFrame,
     *,
@@ -391,9 +356,10 @@ def layer_sparsity_bars(
 
     ``frame`` has ``parameter`` and ``layer_sparsity`` (a
     :func:`~wfexplore.pruning.global_allocation` frame, relabel ``curvature`` as ``method``,
-    or :func:`allocation_frame`). With a ``sparsity`` column, ``sparsity`` selects the rows
-    of that overall sparsity (the nearest present); the overall sparsity is drawn as a
-    dashed line. Bars are in the frame's order of layers; hover shows pruned / numel.
+    or :func:`~wfexplore.experiments.allocation_frame`). With a ``sparsity`` column,
+    ``sparsity`` selects the rows of that overall sparsity (the nearest present); the overall
+    sparsity is drawn as a dashed line. Bars are in the frame's order of layers; hover shows
+    pruned / numel.
     """
     _require_columns(frame, ["parameter", "layer_sparsity"], "frame")
     if "sparsity" in frame.columns:
@@ -513,22 +479,9 @@ def sensitivity_scatter(
                     f"<extra>{name}</extra>",
                 )
             )
-    if hidden:
-        rest = pd.concat(hidden)
-        if len(rest):
-            rx, ry = rest[x].to_numpy(dtype=float), rest[y].to_numpy(dtype=float)
-            fig.add_trace(
-                go.Scatter(
-                    x=np.where(rx > 0, rx, floor),
-                    y=np.where(ry > 0, ry, floor),
-                    mode="markers",
-                    name="≤ 0 (drawn at the floor)",
-                    marker={"color": "#555", "symbol": "triangle-down-open", "size": 9},
-                    customdata=np.stack([rx, ry], axis=1),
-                    hovertemplate=f"{x} %{{customdata[0]:.3g}}<br>{y} %{{customdata[1]:.3g}}"
-                    "<extra>not drawable on a log axis</extra>",
-                )
-            )
+    rest = pd.concat(hidden) if hidden else frame.iloc[:0]
+    if len(rest):
+        fig.add_trace(_floor_trace(rest, x, y, floor))
     finite = np.concatenate([xs_all, ys_all])
     finite = finite[np.isfinite(finite) & ((finite > 0) if log else True)]
     low = float(finite.min()) if finite.size else floor
@@ -552,6 +505,21 @@ def sensitivity_scatter(
     return fig
 
 
+def _floor_trace(rest: pd.DataFrame, x: str, y: str, floor: float) -> go.Scatter:
+    """The points a log axis cannot draw, at ``floor``, their true values in the hover."""
+    rx, ry = rest[x].to_numpy(dtype=float), rest[y].to_numpy(dtype=float)
+    return go.Scatter(
+        x=np.where(rx > 0, rx, floor),
+        y=np.where(ry > 0, ry, floor),
+        mode="markers",
+        name="≤ 0 (drawn at the floor)",
+        marker={"color": "#555", "symbol": "triangle-down-open", "size": 9},
+        customdata=np.stack([rx, ry], axis=1),
+        hovertemplate=f"{x} %{{customdata[0]:.3g}}<br>{y} %{{customdata[1]:.3g}}"
+        "<extra>not drawable on a log axis</extra>",
+    )
+
+
 # --- masks as pictures -----------------------------------------------------------------------
 def mask_categories(
     keep: torch.Tensor | np.ndarray,
@@ -559,16 +527,19 @@ def mask_categories(
     after: torch.Tensor | np.ndarray | None = None,
     *,
     min_change: float = 0.0,
+    moved: torch.Tensor | np.ndarray | None = None,
 ) -> np.ndarray:
     """Per weight: 0 pruned, 1 kept, 2 compensated (kept and moved by the update).
 
-    ``keep`` is a keep mask (True = kept, as in ``torch.nn.utils.prune``); ``before`` and
-    ``after`` the weights of the dense and the pruned model (same shape). A kept weight is
-    compensated when |after − before| > ``min_change``. Without ``before``/``after`` every
-    kept weight counts as kept.
+    ``keep`` is a keep mask (True = kept, as in ``torch.nn.utils.prune``). A kept weight is
+    compensated where ``moved`` is True (a sweep row's ``moved`` mask), or, given ``before``
+    and ``after`` (the weights of the dense and the pruned model, same shape), where
+    |after − before| > ``min_change``. Otherwise every kept weight counts as kept.
     """
     keep = _numpy(keep).astype(bool)
     out = np.where(keep, KEPT, PRUNED).astype(np.int8)
+    if moved is not None:
+        out[keep & _numpy(moved).astype(bool)] = COMPENSATED
     if before is not None and after is not None:
         b, a = _numpy(before).astype(float), _numpy(after).astype(float)
         if b.shape != keep.shape or a.shape != keep.shape:
@@ -590,6 +561,15 @@ def result_categories(
     before = dict(dense.named_parameters())[parameter].detach()
     after = dict(result.model.named_parameters())[parameter].detach()
     return mask_categories(result.masks[parameter], before, after, min_change=min_change)
+
+
+def mask_panels(points: Mapping[str, object], parameter: str) -> dict[str, np.ndarray]:
+    """Method label → :func:`mask_categories` of ``parameter``, from method → point holding
+    ``masks`` and ``moved`` maps (:class:`~wfexplore.experiments.PrunedPoint`)."""
+    return {
+        method_label(m): mask_categories(p.masks[parameter], moved=p.moved[parameter])
+        for m, p in points.items()
+    }
 
 
 def mask_tiles(

@@ -1,25 +1,27 @@
 r"""Layer sensitivity explorer: saliency distributions and predicted against actual δL per layer.
 
-Computed once (:meth:`LayerSensitivityExplorer.compute`): for each method the curvature of
-the dense model (:func:`~wfexplore.pruning.estimate_curvature`), the saliencies
-ρ_q = w_q²/(2[C⁻¹]_qq) of every weight (:func:`~wfexplore.pruning.compute_saliency`) and,
-for the methods with a curvature (OBD, WoodFisher, K-FAC), each layer pruned alone at each
-sparsity (:func:`~wfexplore.pruning.layer_sensitivity`): the loss increase the quadratic
+Computed once (:meth:`LayerSensitivityExplorer.compute`, through
+:func:`~wfexplore.experiments.layer_sensitivities`): for each method the saliencies
+ρ_q = w_q²/(2[C⁻¹]_qq) of every weight and, for the methods with a curvature (OBD,
+WoodFisher, K-FAC), each layer pruned alone at each sparsity: the loss increase the quadratic
 model predicts, ½ δwᵀCδw, against the one measured. Picking a layer or methods only redraws.
 """
 
 from __future__ import annotations
 
-import html
 import time
 from collections.abc import Iterable, Sequence
 
 import ipywidgets as widgets
 import pandas as pd
 import plotly.graph_objects as go
+import traitlets
 from torch import nn
 
 from wfexplore.curvature.base import Curvature
+from wfexplore.experiments import ImpossibleSetting, MethodCurvatures, layer_sensitivities
+from wfexplore.experiments.common import check_methods
+from wfexplore.experiments.sensitivity import NO_PREDICTION, sensitivity_steps
 from wfexplore.figures.pruning import (
     method_label,
     saliency_distributions,
@@ -27,27 +29,23 @@ from wfexplore.figures.pruning import (
     sensitivity_scatter,
 )
 from wfexplore.params import BlockSpec
-from wfexplore.pruning import (
-    METHODS,
-    PruningSettings,
-    Saliency,
-    compute_saliency,
-    estimate_curvature,
-    layer_sensitivity,
-)
-from wfexplore.pruning.estimation import take_examples
-from wfexplore.widgets.pruning_comparer import FigureSlot, ImpossibleCombination, _readable
+from wfexplore.pruning import Saliency
+from wfexplore.widgets.base import ComputingDashboard, FigureSlot
 
 DEFAULT_METHODS = ("magnitude", "obd", "woodfisher")
 DEFAULT_SPARSITIES = (0.1, 0.3, 0.5, 0.7, 0.9)
 ALL_LAYERS = "all layers"
-_NO_PREDICTION = ("magnitude",)
-
-_NOTE = "color:#555;margin:2px 0"
-_ERROR = "color:#b00020;font-weight:bold;margin:2px 0"
 
 
-class LayerSensitivityExplorer:
+class SensitivityState(traitlets.HasTraits):
+    """The choices of a :class:`LayerSensitivityExplorer`."""
+
+    layer = traitlets.Unicode()
+    methods = traitlets.Tuple()
+    log_scale = traitlets.Bool(True)
+
+
+class LayerSensitivityExplorer(ComputingDashboard):
     """Dashboard: which layers are fragile, and how well each method predicts it.
 
     Controls (attributes): ``layer`` (one analysed layer or "all layers"), ``methods``
@@ -81,55 +79,37 @@ class LayerSensitivityExplorer:
         layer: str | None = None,
         compute: bool = False,
     ):
-        methods = list(dict.fromkeys(methods))
-        if not methods:
-            raise ValueError("methods: give at least one pruning method")
-        for m in methods:
-            if m not in METHODS:
-                raise ValueError(f"methods: {m!r} is not one of {list(METHODS)}")
+        methods = check_methods(methods)
         self.model = model
-        self.data = data
         self.eval_data = eval_data if eval_data is not None else data
         self.method_names = methods
         self.sparsity_grid = [float(s) for s in sparsities]
-        self.damping = damping
-        self.num_samples = num_samples
-        self.block_size = block_size
         self.update_rule = update
-        self.names = list(names) if names is not None else None
-        self.saliencies: dict[str, Saliency] = {}
-        self.curvatures: dict[str, Curvature] = {}
+        self.study = MethodCurvatures(
+            model, data, damping=damping, num_samples=num_samples, block_size=block_size,
+            names=names,
+        )  # fmt: skip
         self.sensitivity = pd.DataFrame()
         self.computations = 0
         self.last_redraw_seconds = float("nan")
         self._saliency_frame = pd.DataFrame()
 
-        layers = PruningSettings("magnitude").layout(model, self.names).names
+        layers = self.study.layers
         if layer is not None and layer not in (*layers, ALL_LAYERS):
             raise ValueError(f"layer {layer!r} is not analysed; choose one of {layers}")
-        style = {"description_width": "90px"}
-        self.layer = widgets.Dropdown(
-            options=[*layers, ALL_LAYERS], value=layer or layers[0], description="layer"
+        super().__init__(
+            "wfx-sensitivity",
+            SensitivityState(layer=layer or layers[0], methods=tuple(methods)),
         )
+        self.layer = widgets.Dropdown(options=[*layers, ALL_LAYERS], description="layer")
         self.methods = widgets.SelectMultiple(
             options=[(method_label(m), m) for m in methods],
-            value=tuple(methods),
             rows=len(methods),
             description="methods",
         )
-        self.log_scale = widgets.Checkbox(value=True, description="log axes")
-        for name, control in self.controls.items():
-            control.style = style
-            control.add_class("wfx-sensitivity-control")
-            control.add_class(f"wfx-sensitivity-{name}")
-
-        self.message = widgets.HTML("")
-        self.message.add_class("wfx-sensitivity-message")
-        self.progress = widgets.IntProgress(value=0, min=0, max=1)
-        self.progress.add_class("wfx-sensitivity-progress")
-        self.progress_label = widgets.HTML("")
-        self.progress_box = widgets.HBox([self.progress, self.progress_label])
-        self.progress_box.layout.display = "none"
+        self.log_scale = widgets.Checkbox(description="log axes")
+        traits = {"layer": "layer", "methods": "methods", "log": "log_scale"}
+        self.bind(self.controls, traits, style={"description_width": "90px"})
         self.table = widgets.HTML("")
         self.table.add_class("wfx-sensitivity-table")
         self.slots = {
@@ -140,17 +120,9 @@ class LayerSensitivityExplorer:
                 "wfx-sensitivity-scatter", {"height": 420, "title": "Predicted against actual δL"}
             ),
         }
-
-        intro = widgets.HTML(
-            "<b>Per-layer sensitivity.</b> Left: the saliency ρ = w²/(2[C⁻¹]_qq) of every "
-            "weight of the layer — the loss increase each method predicts for removing that "
-            "weight alone. Right: the layer pruned alone to each sparsity; the quadratic "
-            "model's prediction ½ δwᵀCδw against the loss increase measured. Points above "
-            "the dashed line are worse than predicted."
-        )
         self.widget = widgets.VBox(
             [
-                intro,
+                widgets.HTML(_INTRO),
                 widgets.HBox([self.layer, self.methods, self.log_scale]),
                 self.message,
                 self.progress_box,
@@ -162,8 +134,7 @@ class LayerSensitivityExplorer:
             ]
         )
         self.widget.add_class("wfx-sensitivity")
-        for control in self.controls.values():
-            control.observe(self._on_change, names="value")
+        self.state.observe(lambda _: self.update(), names=["layer", "methods", "log_scale"])
         if compute:
             self.update()
 
@@ -178,89 +149,54 @@ class LayerSensitivityExplorer:
         return self.slots["scatter"].figure
 
     @property
+    def saliencies(self) -> dict[str, Saliency]:
+        """Method → saliencies of the dense model, for the methods computed so far."""
+        return self.study.saliencies
+
+    @property
+    def curvatures(self) -> dict[str, Curvature]:
+        """Method → curvature of the dense model, for the methods computed so far."""
+        return self.study.curvatures
+
+    @property
     def controls(self) -> dict[str, widgets.ValueWidget]:
         return {"layer": self.layer, "methods": self.methods, "log": self.log_scale}
 
     @property
     def setting(self) -> dict:
-        return {
-            "layer": self.layer.value,
-            "methods": list(self.methods.value),
-            "log_scale": bool(self.log_scale.value),
-        }
+        s = self.state
+        return {"layer": s.layer, "methods": list(s.methods), "log_scale": bool(s.log_scale)}
 
     @property
     def computed(self) -> bool:
         return set(self.saliencies) == set(self.method_names)
 
-    def _on_change(self, change: dict) -> None:
-        self.update()
-
     # --- computing --------------------------------------------------------------------------
     def compute(self) -> None:
-        """Curvatures, saliencies and per-layer sensitivity of every method, once."""
+        """Saliencies and per-layer sensitivity of every method, once."""
         todo = [m for m in self.method_names if m not in self.saliencies]
         if not todo:
             return
-        layers = len(self.layer.options) - 1
-        predicting = [m for m in todo if m not in _NO_PREDICTION]
-        self.progress.max = len(todo) + len(predicting)
-        self.progress.value = 0
-        self.progress_box.layout.display = "flex"
-        frames = [self.sensitivity] if len(self.sensitivity) else []
-        try:
-            for method in todo:
-                settings = PruningSettings(
-                    method,
-                    damping=self.damping,
-                    num_samples=self.num_samples,
-                    block_size=self.block_size,
-                )
-                self._progress(f"Estimating the curvature of {method_label(method)}…")
-                examples = (
-                    take_examples(self.data, settings.examples_needed)
-                    if settings.needs_data
-                    else None
-                )
-                curvature = estimate_curvature(
-                    self.model, examples, settings.layout(self.model, self.names), settings
-                )
-                self.curvatures[method] = curvature
-                self.saliencies[method] = compute_saliency(self.model, curvature)
-                self._step()
-                if method in predicting:
-                    self._progress(
-                        f"Pruning each of the {layers} layers alone with {method_label(method)} "
-                        f"at {len(self.sparsity_grid)} sparsities…"
-                    )
-                    update = self.update_rule
-                    if method in ("magnitude", "obd"):
-                        update = None
-                    table = layer_sensitivity(
-                        self.model,
-                        curvature,
-                        eval_data=self.eval_data,
-                        sparsities=self.sparsity_grid,
-                        update=update,
-                        progress=False,
-                    )
-                    table.insert(0, "method", method)
-                    frames.append(table)
-                    self._step()
-                self.computations += 1
-        finally:
-            self.progress_box.layout.display = "none"
-            self.progress_label.value = ""
-            if frames:
-                self.sensitivity = pd.concat(frames, ignore_index=True)
-            if self.saliencies:
-                self._saliency_frame = saliency_frame(self.saliencies)
+        with self.working(sensitivity_steps(todo)):
+            result = layer_sensitivities(
+                self.study,
+                todo,
+                self.eval_data,
+                sparsities=self.sparsity_grid,
+                update=self.update_rule,
+                reporter=self,
+            )
+        self.computations += len(todo)
+        frames = [f for f in (self.sensitivity, result.sensitivity) if len(f)]
+        if frames:
+            self.sensitivity = pd.concat(frames, ignore_index=True)
+        self._saliency_frame = saliency_frame(self.saliencies)
 
     def update(self) -> None:
         """Compute once if needed, then redraw; impossible choices become a message."""
         try:
             if not self.setting["methods"]:
-                raise ImpossibleCombination(
+                raise ImpossibleSetting(
                     "No method is selected: choose at least one (Ctrl/Shift-click for several). "
                     "The figures still show the last choice that could be drawn."
                 )
@@ -269,9 +205,12 @@ class LayerSensitivityExplorer:
             notes = self._redraw()
             self.last_redraw_seconds = time.perf_counter() - start
         except Exception as err:  # noqa: BLE001 - shown to the person, never a traceback
-            self._say(_readable(err), error=True)
+            self.fail(err)
             return
-        self._say(" ".join(notes))
+        self.say(" ".join(notes))
+
+    def _shown(self) -> None:
+        self.update()
 
     # --- drawing ----------------------------------------------------------------------------
     def layer_rows(self, setting: dict | None = None) -> pd.DataFrame:
@@ -300,12 +239,12 @@ class LayerSensitivityExplorer:
         )
         self.slots["saliency"].draw(violins)
         rows = self.layer_rows(s)
-        if s["methods"] and set(s["methods"]) <= set(_NO_PREDICTION):
+        if s["methods"] and set(s["methods"]) <= set(NO_PREDICTION):
             notes.append(
                 "Magnitude pruning has no curvature, so it predicts no loss increase: choose "
                 "OBD or WoodFisher for the scatter."
             )
-        elif any(m in _NO_PREDICTION for m in s["methods"]):
+        elif any(m in NO_PREDICTION for m in s["methods"]):
             notes.append("Magnitude has no loss prediction and is left out of the scatter.")
         if len(rows):
             labelled = rows.assign(method=rows["method"].map(method_label))
@@ -343,28 +282,13 @@ class LayerSensitivityExplorer:
             float_format=lambda v: f"{v:.4g}",
         )
 
-    def _progress(self, text: str) -> None:
-        self.progress_label.value = f'<span style="{_NOTE}">{html.escape(text)}</span>'
 
-    def _step(self) -> None:
-        self.progress.value = min(self.progress.value + 1, self.progress.max)
+_INTRO = (
+    "<b>Per-layer sensitivity.</b> Left: the saliency ρ = w²/(2[C⁻¹]_qq) of every "
+    "weight of the layer — the loss increase each method predicts for removing that "
+    "weight alone. Right: the layer pruned alone to each sparsity; the quadratic "
+    "model's prediction ½ δwᵀCδw against the loss increase measured. Points above "
+    "the dashed line are worse than predicted."
+)
 
-    def _say(self, text: str, *, error: bool = False) -> None:
-        if not text:
-            self.message.value = ""
-            return
-        style = _ERROR if error else _NOTE
-        self.message.value = f'<p style="{style}">{html.escape(text)}</p>'
-
-    def show(self) -> None:
-        """Display the dashboard, then compute (once) with a progress bar and draw."""
-        from IPython.display import display
-
-        display(self.widget)
-        self.update()
-
-    def _ipython_display_(self) -> None:
-        self.show()
-
-
-__all__ = ["ALL_LAYERS", "LayerSensitivityExplorer"]
+__all__ = ["ALL_LAYERS", "LayerSensitivityExplorer", "SensitivityState"]

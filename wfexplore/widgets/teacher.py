@@ -8,16 +8,17 @@ weight.
 
 from __future__ import annotations
 
-import html
 import math
 
 import ipywidgets as widgets
 import plotly.graph_objects as go
+import traitlets
 
 from wfexplore.figures.teaching import quadratic_figure, quadratic_figure_update
 from wfexplore.quadratic import Quadratic, QuadraticComparison, compare_rules, teaching_example
+from wfexplore.widgets.base import Dashboard, message_html
 
-__all__ = ["OBSTeacher", "SLIDER_RANGES"]
+__all__ = ["OBSTeacher", "SLIDER_RANGES", "TeacherState"]
 
 SLIDER_RANGES: dict[str, tuple[float, float]] = {
     "h11": (0.0625, 16.0),
@@ -38,8 +39,7 @@ _DESCRIPTIONS = {
 _WARNING = (
     "background:#fff3cd;border-left:4px solid #e0a800;padding:4px 8px;margin:4px 0;color:#533f03"
 )
-_NOTE = "background:#e8f1fb;border-left:4px solid #4c78a8;padding:4px 8px;margin:4px 0"
-_ERROR = "background:#f8d7da;border-left:4px solid #c82333;padding:4px 8px;margin:4px 0"
+_INFO = "background:#e8f1fb;border-left:4px solid #4c78a8;padding:4px 8px;margin:4px 0"
 
 
 def _check_setting(name: str, value: float) -> float:
@@ -107,12 +107,12 @@ def _sentences(comparison: QuadraticComparison) -> list[str]:
         c = h[0, 1] / math.sqrt(h[0, 0] * h[1, 1])
         if abs(c) < 1e-12:
             out.append(
-                f'<p class="wfx-teacher-note" style="{_NOTE}">With c = 0 the Hessian is '
+                f'<p class="wfx-teacher-note" style="{_INFO}">With c = 0 the Hessian is '
                 "diagonal: OBD is OBS, and removing one weight does not move the other.</p>"
             )
         else:
             out.append(
-                f'<p class="wfx-teacher-note" style="{_NOTE}">OBD removes the same weight as '
+                f'<p class="wfx-teacher-note" style="{_INFO}">OBD removes the same weight as '
                 f"OBS: with two weights it always does, since both saliencies carry the same "
                 f"factor 1 − c² = {1 - c * c:.3g}. But OBD leaves w{other + 1} at "
                 f"{comparison.quadratic.optimum[other]:.3g}: δL = {_fmt(obd.actual_delta_loss)}, "
@@ -122,11 +122,21 @@ def _sentences(comparison: QuadraticComparison) -> list[str]:
     return out
 
 
-class OBSTeacher:
+class TeacherState(traitlets.HasTraits):
+    """The quadratic of an :class:`OBSTeacher`: curvatures, correlation and trained weights."""
+
+    h11 = traitlets.Float()
+    h22 = traitlets.Float()
+    c = traitlets.Float()
+    w1 = traitlets.Float()
+    w2 = traitlets.Float()
+
+
+class OBSTeacher(Dashboard):
     """Sliders for h11, h22, c, w1*, w2*; the contour figure and the rules table follow them.
 
     ``widget`` is the container to display; ``h11``, ``h22``, ``c``, ``w1``, ``w2`` are the
-    sliders, ``figure`` the ``go.FigureWidget`` (traces in
+    sliders (their values live in ``state``), ``figure`` the ``go.FigureWidget`` (traces in
     :data:`wfexplore.figures.teaching.TRACE_NAMES` order) and ``table`` the HTML panel.
     Starting values default to :func:`wfexplore.quadratic.teaching_example`.
     """
@@ -147,30 +157,23 @@ class OBSTeacher:
         if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 5:
             raise ValueError(f"resolution must be an integer ≥ 5, got {resolution!r}")
         self.resolution = resolution
-        style = {"description_width": "150px"}
-        layout = widgets.Layout(width="380px")
-        self.h11 = widgets.FloatLogSlider(
-            value=values["h11"], base=2, min=-4, max=4, step=0.25, readout_format=".3g"
-        )
-        self.h22 = widgets.FloatLogSlider(
-            value=values["h22"], base=2, min=-4, max=4, step=0.25, readout_format=".3g"
-        )
+        super().__init__("wfx-teacher", TeacherState(**values))
+        curvature = {"base": 2, "min": -4, "max": 4, "step": 0.25, "readout_format": ".3g"}
+        weight = {"min": -2.0, "max": 2.0, "step": 0.05, "readout_format": ".2f"}
+        self.h11 = widgets.FloatLogSlider(value=values["h11"], **curvature)
+        self.h22 = widgets.FloatLogSlider(value=values["h22"], **curvature)
         self.c = widgets.FloatSlider(
             value=values["c"], min=-0.95, max=0.95, step=0.05, readout_format=".2f"
         )
-        self.w1 = widgets.FloatSlider(
-            value=values["w1"], min=-2.0, max=2.0, step=0.05, readout_format=".2f"
-        )
-        self.w2 = widgets.FloatSlider(
-            value=values["w2"], min=-2.0, max=2.0, step=0.05, readout_format=".2f"
-        )
+        self.w1 = widgets.FloatSlider(value=values["w1"], **weight)
+        self.w2 = widgets.FloatSlider(value=values["w2"], **weight)
         for name, slider in self.sliders.items():
             slider.description = _DESCRIPTIONS[name]
-            slider.style = style
-            slider.layout = layout
+            slider.layout = widgets.Layout(width="380px")
             slider.continuous_update = True
-            slider.add_class("wfx-teacher-control")
-            slider.add_class(f"wfx-teacher-{name}")
+        self.bind(
+            self.sliders, {name: name for name in self.sliders}, {"description_width": "150px"}
+        )
 
         self.comparison = compare_rules(self.quadratic)
         figure = quadratic_figure(self.comparison, resolution=resolution, height=540)
@@ -194,8 +197,7 @@ class OBSTeacher:
             ]
         )
         self.widget.add_class("wfx-teacher")
-        for slider in self.sliders.values():
-            slider.observe(self._on_change, names="value")
+        self.state.observe(lambda _: self.update(), names=list(self.sliders))
 
     @property
     def sliders(self) -> dict[str, widgets.FloatSlider | widgets.FloatLogSlider]:
@@ -204,12 +206,8 @@ class OBSTeacher:
     @property
     def quadratic(self) -> Quadratic:
         """The quadratic the sliders describe now."""
-        return Quadratic.two_weight(
-            self.h11.value, self.h22.value, self.c.value, self.w1.value, self.w2.value
-        )
-
-    def _on_change(self, change: dict) -> None:
-        self.update()
+        s = self.state
+        return Quadratic.two_weight(s.h11, s.h22, s.c, s.w1, s.w2)
 
     def update(self) -> None:
         """Recompute the rules and redraw the figure's traces and the table in place."""
@@ -217,9 +215,8 @@ class OBSTeacher:
             comparison = compare_rules(self.quadratic)
             traces, layout = quadratic_figure_update(comparison, resolution=self.resolution)
         except ValueError as err:  # the slider ranges should make this unreachable
-            self.table.value = (
-                f'<p class="wfx-teacher-error" style="{_ERROR}">'
-                f"Cannot draw this setting: {html.escape(str(err))}</p>"
+            self.table.value = message_html(
+                f"Cannot draw this setting: {err}", error=True, css_class="wfx-teacher-error"
             )
             return
         self.comparison = comparison
@@ -228,11 +225,3 @@ class OBSTeacher:
                 trace.update(props)
             self.figure.update_layout(layout)
         self.table.value = rules_table_html(comparison)
-
-    def show(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)
-
-    def _ipython_display_(self) -> None:
-        self.show()

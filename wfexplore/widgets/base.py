@@ -1,0 +1,157 @@
+"""What every dashboard shares: a state model observed by the views, the controls bound to it,
+a message area, a progress bar with a label, figure slots and display in a notebook.
+
+The choices live in one ``traitlets.HasTraits`` model (``state``); each control's value is
+linked to a trait of it, and the dashboard observes the traits, as in the model–view
+examples of ipywidgets. Experiments report progress through :meth:`ComputingDashboard.note`
+and :meth:`ComputingDashboard.step` (the :class:`~wfexplore.experiments.Progress` protocol).
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+import ipywidgets as widgets
+import plotly.graph_objects as go
+import traitlets
+
+from wfexplore.experiments.common import ImpossibleSetting
+
+NOTE = "color:#555;margin:2px 0"
+ERROR = "color:#b00020;font-weight:bold;margin:2px 0"
+
+__all__ = [
+    "ERROR",
+    "NOTE",
+    "ComputingDashboard",
+    "Dashboard",
+    "FigureSlot",
+    "ImpossibleSetting",
+    "message_html",
+    "readable",
+]
+
+
+def message_html(text: str, *, error: bool = False, css_class: str | None = None) -> str:
+    """One escaped paragraph in the note or the error style."""
+    cls = f' class="{css_class}"' if css_class else ""
+    return f'<p{cls} style="{ERROR if error else NOTE}">{html.escape(text)}</p>'
+
+
+def readable(err: Exception) -> str:
+    """What a person is told when a choice fails: the reason, never a traceback."""
+    if isinstance(err, ImpossibleSetting):
+        return str(err)
+    return (
+        f"This choice cannot be computed ({type(err).__name__}): {err} "
+        "The figures still show the last choice that could be drawn."
+    )
+
+
+class FigureSlot:
+    """A box, with a stable CSS class, holding one ``go.FigureWidget``.
+
+    :meth:`draw` puts a fresh FigureWidget of a new figure in the box (a figure whose
+    subplots or traces change is best drawn anew); ``figure`` is the current one, whose
+    traces may also be changed in place. In the page the plot is the ``.js-plotly-plot``
+    element inside the box.
+    """
+
+    def __init__(self, css_class: str, layout: dict):
+        self.css_class = css_class
+        self.figure = go.FigureWidget(layout=layout)
+        self.box = widgets.Box([self.figure])
+        self.box.add_class(css_class)
+
+    def draw(self, fig: go.Figure) -> go.FigureWidget:
+        old, self.figure = self.figure, go.FigureWidget(fig)
+        self.box.children = (self.figure,)
+        old.close()
+        return self.figure
+
+
+class Dashboard:
+    """A ``state`` model, controls bound to it and the ``widget`` to display.
+
+    Subclasses build ``widget`` and observe ``state``; CSS classes are ``<prefix>``,
+    ``<prefix>-control`` and ``<prefix>-<name>`` for the control called ``name``.
+    """
+
+    widget: widgets.Widget
+
+    def __init__(self, prefix: str, state: traitlets.HasTraits):
+        self.prefix = prefix
+        self.state = state
+
+    def bind(
+        self,
+        controls: Mapping[str, widgets.ValueWidget],
+        traits: Mapping[str, str],
+        style: dict | None = None,
+    ) -> None:
+        """Class and style every control; link the value of each named in ``traits``
+        (control name → trait of ``state``) both ways to that trait."""
+        for name, control in controls.items():
+            if style is not None:
+                control.style = style
+            control.add_class(f"{self.prefix}-control")
+            control.add_class(f"{self.prefix}-{name}")
+            if name in traits:
+                traitlets.link((self.state, traits[name]), (control, "value"))
+
+    def show(self) -> None:
+        """Display the dashboard (then compute what it shows, where it computes)."""
+        from IPython.display import display
+
+        display(self.widget)
+        self._shown()
+
+    def _shown(self) -> None:
+        """Called once the dashboard is displayed."""
+
+    def _ipython_display_(self) -> None:
+        self.show()
+
+
+class ComputingDashboard(Dashboard):
+    """A dashboard with a ``message`` area and a progress bar (``progress``, with
+    ``progress_label``, inside ``progress_box``, shown only while something runs)."""
+
+    def __init__(self, prefix: str, state: traitlets.HasTraits):
+        super().__init__(prefix, state)
+        self.message = widgets.HTML("")
+        self.message.add_class(f"{prefix}-message")
+        self.progress = widgets.IntProgress(value=0, min=0, max=1)
+        self.progress.add_class(f"{prefix}-progress")
+        self.progress_label = widgets.HTML("")
+        self.progress_box = widgets.HBox([self.progress, self.progress_label])
+        self.progress_box.layout.display = "none"
+
+    def say(self, text: str, *, error: bool = False) -> None:
+        """Show ``text`` in the message area (empty: clear it)."""
+        self.message.value = message_html(text, error=error) if text else ""
+
+    def fail(self, err: Exception) -> None:
+        self.say(readable(err), error=True)
+
+    @contextmanager
+    def working(self, total: int) -> Iterator[ComputingDashboard]:
+        """Show the progress bar for ``total`` steps while the block runs."""
+        self.progress.max = max(total, 1)
+        self.progress.value = 0
+        self.progress_box.layout.display = "flex"
+        try:
+            yield self
+        finally:
+            self.progress_box.layout.display = "none"
+            self.progress_label.value = ""
+
+    def note(self, text: str) -> None:
+        """Say what runs now, beside the progress bar."""
+        self.progress_label.value = f'<span style="{NOTE}">{html.escape(text)}</span>'
+
+    def step(self) -> None:
+        """One step done."""
+        self.progress.value = min(self.progress.value + 1, self.progress.max)
