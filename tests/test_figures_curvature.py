@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 import torch
 
-from wfexplore.curvature import DenseBlockCurvature
+from wfexplore.curvature import from_gradients
 from wfexplore.figures.curvature import (
     block_heatmaps,
     dominance_by_layer,
@@ -23,8 +23,8 @@ def two_fishers(mlp):
     g = torch.Generator().manual_seed(5)
     ga = torch.randn(9, layout.dim, generator=g, dtype=torch.float64)
     gb = torch.randn(12, layout.dim, generator=g, dtype=torch.float64) * 0.5
-    a = DenseBlockCurvature.from_gradients(ga, layout, 0.3)
-    b = DenseBlockCurvature.from_gradients(gb, layout, 0.05)
+    a = from_gradients(ga, layout, "dense").damped(0.3)
+    b = from_gradients(gb, layout, "dense").damped(0.05)
     return layout, (ga, a), (gb, b)
 
 

@@ -20,7 +20,7 @@ PRESENTATION = sorted(
     ]
 )
 ALLOWED_CURVATURE = "wfexplore.curvature.base"
-ESTIMATION = {"estimate_curvature", "take_examples"}
+ESTIMATION = {"estimate_curvature", "method_curvature", "take_examples"}
 
 
 def imports(path: Path) -> list[tuple[str, str | None, int]]:

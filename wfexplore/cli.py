@@ -158,9 +158,9 @@ def demo(args: argparse.Namespace) -> int:
     import pandas as pd
     from torch.utils.data import DataLoader
 
-    from wfexplore.analysis import compare_fisher_and_hessian
     from wfexplore.data import digits_loaders
-    from wfexplore.report import compare_pruning, model_table, write_report
+    from wfexplore.experiments import compare_fisher_and_hessian, compare_pruning
+    from wfexplore.report import model_table, write_report
     from wfexplore.training import evaluate, pretrained_digits_model
 
     start = time.perf_counter()

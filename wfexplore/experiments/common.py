@@ -9,15 +9,16 @@ from typing import Protocol
 import pandas as pd
 from torch import nn
 
-from wfexplore.curvature.base import Curvature
+from wfexplore.curvature.base import AnyCurvature
 from wfexplore.params import BlockSpec
 from wfexplore.pruning import (
     METHODS,
     PruningSettings,
     Saliency,
     compute_saliency,
-    estimate_curvature,
+    effective_update,
     layer_sensitivity,
+    method_curvature,
     take_examples,
 )
 
@@ -27,7 +28,6 @@ METHOD_LABELS = {
     "woodfisher": "WoodFisher",
     "kfac": "K-FAC",
 }
-DIAGONAL_METHODS = ("magnitude", "obd")
 
 
 class ImpossibleSetting(ValueError):
@@ -56,11 +56,6 @@ QUIET: Progress = _Quiet()
 def method_label(method: str) -> str:
     """The display name of a method (``"woodfisher"`` → ``"WoodFisher"``)."""
     return METHOD_LABELS.get(str(method), str(method))
-
-
-def effective_update(method: str, update: str | None) -> str | None:
-    """Magnitude and OBD have a diagonal curvature: every update is just zeroing (``"none"``)."""
-    return "none" if method in DIAGONAL_METHODS else update
 
 
 def check_methods(methods: Sequence[str]) -> list[str]:
@@ -118,7 +113,7 @@ class MethodCurvatures:
         )
         self.names = list(names) if names is not None else None
         self.progress = progress
-        self.curvatures: dict[str, Curvature] = {}
+        self.curvatures: dict[str, AnyCurvature] = {}
         self.saliencies: dict[str, Saliency] = {}
         self._examples: list | None = None
 
@@ -130,13 +125,13 @@ class MethodCurvatures:
         """Names of the analysed parameters."""
         return self.settings("magnitude").layout(self.model, self.names).names
 
-    def curvature(self, method: str) -> Curvature:
+    def curvature(self, method: str) -> AnyCurvature:
         if method not in self.curvatures:
             settings = self.settings(method)
             if settings.needs_data and self._examples is None:
                 self._examples = take_examples(self.data, settings.examples_needed)
             layout = settings.layout(self.model, self.names)
-            self.curvatures[method] = estimate_curvature(
+            self.curvatures[method] = method_curvature(
                 self.model, self._examples, layout, settings, progress=self.progress
             )
         return self.curvatures[method]

@@ -21,8 +21,13 @@ import pandas as pd
 import torch
 from torch import nn
 
-from wfexplore.curvature import Curvature, DenseBlockCurvature, estimate_fisher, hessian_blocks
-from wfexplore.curvature.dense import BlockGroup, group_blocks
+from wfexplore.curvature import (
+    DampedCurvature,
+    DenseBlockCurvature,
+    estimate_curvature,
+    from_gradients,
+    hessian_blocks,
+)
 from wfexplore.experiments.common import ImpossibleSetting
 from wfexplore.gradients import FISHER_KINDS, gradient_samples
 from wfexplore.params import BlockSpec, ParameterLayout
@@ -85,7 +90,6 @@ class FisherHessianCache:
         self.gradient_computations = 0
         self._hessians: dict[tuple[str, int], DenseBlockCurvature] = {}
         self._gradients: dict[tuple[str, int, str], torch.Tensor] = {}
-        self._damped: dict[tuple[str, int, float], DenseBlockCurvature] = {}
 
     # --- what can be asked ---------------------------------------------------------------
     @property
@@ -145,7 +149,7 @@ class FisherHessianCache:
         return jobs
 
     # --- the expensive parts, once -------------------------------------------------------
-    def hessian(self, layer: str, block_size: int, damping: float = 0.0) -> DenseBlockCurvature:
+    def hessian(self, layer: str, block_size: int, damping: float = 0.0) -> DampedCurvature:
         """Exact Hessian blocks of ``layer`` (+ ``damping``·I), computed once per block size."""
         key = (layer, block_size)
         if key not in self._hessians and not self._cut_hessian(layer, block_size):
@@ -164,14 +168,7 @@ class FisherHessianCache:
             self.hessian_computations += 1
             if key not in self._hessians:
                 self._cut_hessian(layer, block_size)
-        if damping == 0.0:
-            return self._hessians[key]
-        dkey = (layer, block_size, float(damping))
-        if dkey not in self._damped:
-            if len(self._damped) >= 8:
-                self._damped.pop(next(iter(self._damped)))
-            self._damped[dkey] = _with_damping(self._hessians[key], damping)
-        return self._damped[dkey]
+        return self._hessians[key].damped(damping)
 
     def gradients(self, layer: str, batch_size: int = 1, fisher: str = "empirical") -> torch.Tensor:
         """``(available_samples(b), numel)`` gradient samples of ``layer``, computed once."""
@@ -203,14 +200,14 @@ class FisherHessianCache:
         damping: float,
         batch_size: int = 1,
         fisher: str = "empirical",
-    ) -> DenseBlockCurvature:
+    ) -> DampedCurvature:
         """F_λ from the first ``num_samples`` cached gradient samples (dense blocks)."""
         self.check_samples(num_samples, batch_size)
         layout = self.layout(layer, block_size)
         g = self.gradients(layer, batch_size, fisher)[:num_samples]
-        curvature = DenseBlockCurvature.from_gradients(g, layout, damping)
+        curvature = from_gradients(g, layout, "dense")
         curvature.kind = f"{fisher} Fisher"
-        return curvature
+        return curvature.damped(damping)
 
     def compare(
         self,
@@ -234,10 +231,10 @@ class FisherHessianCache:
         keys = ["block", "layer", "parameter", "size"]
         out = None
         for name, curvature in (("fisher", f), ("hessian", h)):
-            table = dominance_table(curvature, blocks).drop(columns="kind")
+            matrix = curvature.undamped
+            table = dominance_table(matrix, blocks).drop(columns="kind")
             table["mean_diagonal"] = [
-                float(curvature.block(i).diagonal().mean()) - curvature.damping
-                for i in table["block"]
+                float(matrix.block(i).diagonal().mean()) for i in table["block"]
             ]
             table = table.rename(columns={c: f"{name}_{c}" for c in table if c not in keys})
             out = table if out is None else out.merge(table, on=keys)
@@ -322,44 +319,17 @@ class FisherHessianCache:
             layout = self.layout(layer, block_size)
             inside = [big.layout.block_of(b.start) for b in layout.blocks]
             if all(b.stop <= outer.stop for b, outer in zip(layout.blocks, inside, strict=True)):
-                groups = group_blocks(layout)
-                for grp in groups:
-                    grp.matrix = torch.stack(
-                        [
-                            _sub_block(big, outer, layout.blocks[i])
-                            for i, outer in ((i, inside[i]) for i in grp.blocks)
-                        ]
-                    )
-                self._hessians[(layer, block_size)] = DenseBlockCurvature(
-                    layout, groups, 0.0, kind="hessian"
-                )
+                self._hessians[(layer, block_size)] = big.restricted(layout)
                 return True
         return False
-
-
-def _sub_block(big: DenseBlockCurvature, outer, inner) -> torch.Tensor:
-    a, b = inner.start - outer.start, inner.stop - outer.start
-    return big.block(outer.index)[a:b, a:b]
-
-
-def _with_damping(curvature: DenseBlockCurvature, damping: float) -> DenseBlockCurvature:
-    """A copy of the dense blocks with ``damping``·I added."""
-    groups = []
-    for grp in curvature.groups:
-        matrix = grp.matrix.clone()
-        matrix.diagonal(dim1=1, dim2=2).add_(damping)
-        groups.append(BlockGroup(list(grp.blocks), grp.index, matrix))
-    return DenseBlockCurvature(
-        curvature.layout, groups, curvature.damping + damping, kind=curvature.kind
-    )
 
 
 @dataclass
 class FisherHessianComparison:
     """The two curvatures on one layout and their per-block and per-layer statistics."""
 
-    fisher: Curvature
-    hessian: Curvature
+    fisher: DampedCurvature
+    hessian: DampedCurvature
     blocks: pd.DataFrame
     layers: pd.DataFrame
 
@@ -386,14 +356,14 @@ def compare_fisher_and_hessian(
     """
     if layout is None:
         layout = ParameterLayout.from_model(model, block_size=block_size)
-    f = estimate_fisher(
-        model, data, method="dense", layout=layout, num_samples=num_samples,
-        batch_size=batch_size, damping=damping, fisher=fisher, progress=progress,
-    )  # fmt: skip
+    f = estimate_curvature(
+        model, data, representation="dense", layout=layout, num_samples=num_samples,
+        batch_size=batch_size, fisher=fisher, progress=progress,
+    ).damped(damping)  # fmt: skip
     h = hessian_blocks(
-        model, data, layout, num_examples=hessian_examples, damping=f.damping, progress=progress
-    )
-    dominance = pd.concat([dominance_table(f), dominance_table(h)])
+        model, data, layout, num_examples=hessian_examples, progress=progress
+    ).damped(f.damping)
+    dominance = pd.concat([dominance_table(f.undamped), dominance_table(h.undamped)])
     wide = dominance.pivot_table(
         index=["block", "layer", "parameter", "size"],
         columns="kind",

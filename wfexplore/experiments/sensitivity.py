@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from wfexplore.curvature.base import Curvature
+from wfexplore.curvature.base import AnyCurvature
 from wfexplore.experiments.common import QUIET, MethodCurvatures, Progress, method_label
 from wfexplore.pruning import Saliency
 
@@ -26,7 +26,7 @@ class LayerSensitivity:
     (one row per method, layer and sparsity; a ``method`` column first)."""
 
     saliencies: dict[str, Saliency]
-    curvatures: dict[str, Curvature]
+    curvatures: dict[str, AnyCurvature]
     sensitivity: pd.DataFrame
 
 

@@ -26,9 +26,9 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from wfexplore.curvature.base import Curvature
+from wfexplore.curvature.base import AnyCurvature
 
-MatrixSource = Curvature | torch.Tensor | np.ndarray
+MatrixSource = AnyCurvature | torch.Tensor | np.ndarray
 """A panel of :func:`block_heatmaps`: a curvature (one of its blocks is shown) or a matrix."""
 
 DIVERGING_COLORSCALE = "RdBu_r"
@@ -65,19 +65,16 @@ _LAYER_COLUMNS = {
 def block_matrix(source: MatrixSource, block: int | None = None, *, undamped: bool = True):
     """A dense block as a float64 numpy array.
 
-    For a :class:`~wfexplore.curvature.Curvature`, ``source.block(block)`` minus
-    ``source.damping``·I when ``undamped`` (the matrix M of C = M + λI); a tensor or array
-    is taken as it is.
+    For a curvature, its block ``block``: of the matrix M of C = M + λI when ``undamped``,
+    else of the curvature as given; a tensor or array is taken as it is.
     """
-    if isinstance(source, Curvature):
+    if hasattr(source, "undamped"):  # a curvature (or a damped view of one)
         if block is None:
             raise ValueError("block: give the block index to show for curvature panels")
         if not 0 <= block < source.layout.num_blocks:
             raise IndexError(f"block {block} is outside [0, {source.layout.num_blocks})")
-        matrix = source.block(block).detach().to(torch.float64).cpu().numpy().copy()
-        if undamped:
-            matrix[np.diag_indices_from(matrix)] -= source.damping
-        return matrix
+        shown = source.undamped if undamped else source
+        return shown.block(block).detach().to(torch.float64).cpu().numpy().copy()
     if isinstance(source, torch.Tensor):
         matrix = source.detach().to(torch.float64).cpu().numpy().copy()
     else:

@@ -24,8 +24,6 @@ from wfexplore._checks import check_reusable, one_of, positive_float, positive_i
 from wfexplore.copies import private_copy
 from wfexplore.curvature.base import (
     AnyCurvature,
-    Curvature,
-    DampedCurvature,
     as_damped,
     check_same_layout,
 )
@@ -258,17 +256,19 @@ def ready_curvature_layout(model: nn.Module, curvature: AnyCurvature, options: R
 
 
 def resolve_method(method) -> PruningSettings | AnyCurvature:
-    if isinstance(method, Curvature | DampedCurvature):
-        return as_damped(method)
+    """A method name or PruningSettings as settings; a curvature as its damped view C."""
     if isinstance(method, PruningSettings):
         return method
     if isinstance(method, str):
         one_of(method, "method", METHODS)
         return PruningSettings(method=method)
-    raise TypeError(
-        f"method must be one of {list(METHODS)}, a PruningSettings or a Curvature, "
-        f"got {type(method).__name__}"
-    )
+    try:
+        return as_damped(method)
+    except TypeError:
+        raise TypeError(
+            f"method must be one of {list(METHODS)}, a PruningSettings or a Curvature, "
+            f"got {type(method).__name__}"
+        ) from None
 
 
 def polynomial_schedule(start: float, end: float, steps: int, power: float = 3.0) -> list[float]:

@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 import traitlets
 from torch import nn
 
-from wfexplore.curvature.base import Curvature
+from wfexplore.curvature.base import AnyCurvature
 from wfexplore.experiments import ImpossibleSetting, MethodCurvatures, layer_sensitivities
 from wfexplore.experiments.common import check_methods
 from wfexplore.experiments.sensitivity import NO_PREDICTION, sensitivity_steps
@@ -154,7 +154,7 @@ class LayerSensitivityExplorer(ComputingDashboard):
         return self.study.saliencies
 
     @property
-    def curvatures(self) -> dict[str, Curvature]:
+    def curvatures(self) -> dict[str, AnyCurvature]:
         """Method → curvature of the dense model, for the methods computed so far."""
         return self.study.curvatures
 
