@@ -278,18 +278,10 @@ def _woodbury_inverse_diag(g: torch.Tensor, layout, lam: float) -> torch.Tensor:
     return from_gradients(g, layout, "woodbury").inverse_diag(lam)
 
 
-def run_p1(args, table: Table) -> dict:
+def _p1_fast(g: torch.Tensor, layout, lam: float):
+    """The fast exact path, warmed up once at full size (touching the memory it needs)."""
     from wfexplore.curvature import from_gradients
 
-    block, m, lam = 100, args.p1_samples, args.damping
-    num_blocks = args.p1_dim // block
-    d = num_blocks * block
-    print(f"[P1] d={d:,} ({num_blocks} blocks of {block}), m={m}, λ={lam:g}; making gradients…")
-    g, made = _timed(lambda: p1_gradients(num_blocks, block, m, lam, args.cond, args.seed))
-    print(f"[P1] gradients made in {made.wall:.1f} s ({g.numel() * 4 / GB:.2f} GB float32)")
-    layout = _flat_layout(d, block)
-
-    # fast exact path: warm up once at full size (touches the memory it needs), then time
     warm = from_gradients(g, layout, "dense")
     warm.inverse_diag(lam)
     del warm
@@ -298,13 +290,17 @@ def run_p1(args, table: Table) -> dict:
     load_build = os.getloadavg()[0]
     fast_diag, c_inv = _timed(partial(fast.inverse_diag, lam))
     load_inv = os.getloadavg()[0]
-    c_fast = c_build + c_inv
     del fast
     gc.collect()
-    print(f"[P1] fast path {c_fast.wall:.2f} s (build {c_build.wall:.2f}, invert {c_inv.wall:.2f})")
+    print(f"[P1] fast path {(c_build + c_inv).wall:.2f} s (build {c_build.wall:.2f}, invert "
+          f"{c_inv.wall:.2f})")  # fmt: skip
+    return fast_diag, c_build, c_inv, load_build, load_inv
 
-    # Woodbury recursion: a pilot on evenly spread blocks, extrapolated linearly in the number
-    # of blocks; the full run is done when the pilot predicts it ends within the limit.
+
+def _p1_woodbury(g: torch.Tensor, num_blocks: int, block: int, lam: float, args):
+    """The Woodbury recursion: a pilot on evenly spread blocks, extrapolated linearly in the
+    number of blocks; the full run is done when the pilot predicts it ends within the limit."""
+    m = g.shape[0]
     pilot_n = min(num_blocks, args.woodbury_pilot_blocks)
     pilot = torch.linspace(0, num_blocks - 1, pilot_n).round().long().unique().tolist()
     pilot_n = len(pilot)
@@ -319,17 +315,34 @@ def run_p1(args, table: Table) -> dict:
     gc.collect()
     c_extrap = c_pilot.scaled(num_blocks / pilot_n)
     print(f"[P1] Woodbury pilot: {pilot_n} blocks in {c_pilot.wall:.2f} s → {c_extrap.wall:.1f} s")
-    full_run = pilot_n == num_blocks or c_extrap.wall <= args.woodbury_full_limit
     if pilot_n == num_blocks:
-        wood_diag, c_wood, load_wood = wood_pilot, c_pilot, load_pilot
-    elif full_run:
+        return pilot, wood_pilot, c_pilot, load_pilot, wood_pilot, c_pilot, load_pilot
+    if c_extrap.wall <= args.woodbury_full_limit:
         print("[P1] running the Woodbury recursion at full size…")
+        layout = _flat_layout(num_blocks * block, block)
         wood_diag, c_wood = _timed(partial(_woodbury_inverse_diag, g, layout, lam))
-        load_wood = os.getloadavg()[0]
         gc.collect()
-    else:
-        wood_diag, c_wood, load_wood = None, c_extrap, load_pilot
+        return pilot, wood_pilot, c_pilot, load_pilot, wood_diag, c_wood, os.getloadavg()[0]
+    return pilot, wood_pilot, c_pilot, load_pilot, None, c_extrap, load_pilot
 
+
+def run_p1(args, table: Table) -> dict:
+    block, m, lam = 100, args.p1_samples, args.damping
+    num_blocks = args.p1_dim // block
+    d = num_blocks * block
+    print(f"[P1] d={d:,} ({num_blocks} blocks of {block}), m={m}, λ={lam:g}; making gradients…")
+    g, made = _timed(lambda: p1_gradients(num_blocks, block, m, lam, args.cond, args.seed))
+    print(f"[P1] gradients made in {made.wall:.1f} s ({g.numel() * 4 / GB:.2f} GB float32)")
+    layout = _flat_layout(d, block)
+
+    fast_diag, c_build, c_inv, load_build, load_inv = _p1_fast(g, layout, lam)
+    c_fast = c_build + c_inv
+    pilot, wood_pilot, c_pilot, load_pilot, wood_diag, c_wood, load_wood = _p1_woodbury(
+        g, num_blocks, block, lam, args
+    )
+    pilot_n = len(pilot)
+    c_extrap = c_pilot.scaled(num_blocks / pilot_n)
+    full_run = pilot_n == num_blocks or c_extrap.wall <= args.woodbury_full_limit
     # accuracy against the SVD reference, on blocks that the pilot covered too
     ref_n = min(args.ref_blocks, pilot_n)
     ref_pos = torch.linspace(0, pilot_n - 1, ref_n).round().long().unique().tolist()

@@ -95,3 +95,50 @@ def test_the_gate_sees_what_it_forbids() -> None:
     assert not forbidden("wfexplore.curvature.base", "Curvature")
     assert not forbidden("wfexplore.pruning", "mask_overlap")
     assert not forbidden("wfexplore.experiments", "compare_pruning")
+
+
+CURVATURE_CLASSES = {
+    "Curvature",
+    "DampedCurvature",
+    "DenseBlockCurvature",
+    "DiagonalCurvature",
+    "IdentityCurvature",
+    "KFACCurvature",
+    "LowRankCurvature",
+    "WoodburyCurvature",
+}
+
+
+def test_no_isinstance_on_curvature_classes_outside_the_curvature_package():
+    """Representations are told apart by the interface (``is_diagonal``, ``undamped``), never by
+    their class, so that a new representation needs no change elsewhere."""
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if (PACKAGE / "curvature") in path.parents:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "isinstance"):
+                continue
+            names = {n.id for n in ast.walk(node.args[1]) if isinstance(n, ast.Name)}
+            names |= {n.attr for n in ast.walk(node.args[1]) if isinstance(n, ast.Attribute)}
+            if names & CURVATURE_CLASSES:
+                offenders.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
+    assert not offenders, offenders
+
+
+def test_the_project_passes_ruff_with_its_complexity_rules():
+    """ruff check (with C901 at 10, PLR0912, PLR0915 from pyproject.toml) and ruff format of
+    the package, tests and benchmarks; the notebooks are linted."""
+    import subprocess
+    import sys
+
+    root = PACKAGE.parent
+    code = ["wfexplore", "tests", "benchmarks"]
+    for command in (["check", *code, "notebooks"], ["format", "--check", *code]):
+        done = subprocess.run(
+            [sys.executable, "-m", "ruff", *command, "--no-cache"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr

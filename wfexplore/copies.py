@@ -55,28 +55,38 @@ def private_copy(model: nn.Module) -> nn.Module:
         for value in vars(module).values():
             if isinstance(value, torch.Tensor) and value.grad_fn is not None:
                 memo[id(value)] = value.detach().clone()  # deepcopy refuses non-leaf tensors
-        for attr in _HOOK_DICTS:
-            hooks = getattr(module, attr, None)
-            if hooks is None:
-                continue
-            kept = OrderedDict(
-                (key, copy.deepcopy(hook))
-                for key, hook in hooks.items()
-                if is_reparametrising_hook(hook)
-            )
-            memo[id(hooks)] = kept
-            for side in _HOOK_SIDE_DICTS.get(attr, ()):
-                extra = getattr(module, side, None)
-                if extra is not None:
-                    memo[id(extra)] = OrderedDict((k, v) for k, v in extra.items() if k in kept)
+        _leave_hooks_behind(module, memo)
     work = copy.deepcopy(model, memo)
     with torch.no_grad():
         for module in work.modules():
-            if not module._backward_hooks:
-                module._is_full_backward_hook = None
-            for hook in module._forward_pre_hooks.values():
-                if isinstance(hook, torch_prune.BasePruningMethod):
-                    setattr(module, hook._tensor_name, hook.apply_mask(module))
-                elif isinstance(hook, WeightNorm):
-                    setattr(module, hook.name, hook.compute_weight(module))
+            _recompute_derived(module)
     return work
+
+
+def _leave_hooks_behind(module: nn.Module, memo: dict[int, object]) -> None:
+    """Map the module's hook dicts, in ``memo``, to copies holding only reparametrising hooks."""
+    for attr in _HOOK_DICTS:
+        hooks = getattr(module, attr, None)
+        if hooks is None:
+            continue
+        kept = OrderedDict(
+            (key, copy.deepcopy(hook))
+            for key, hook in hooks.items()
+            if is_reparametrising_hook(hook)
+        )
+        memo[id(hooks)] = kept
+        for side in _HOOK_SIDE_DICTS.get(attr, ()):
+            extra = getattr(module, side, None)
+            if extra is not None:
+                memo[id(extra)] = OrderedDict((k, v) for k, v in extra.items() if k in kept)
+
+
+def _recompute_derived(module: nn.Module) -> None:
+    """Recompute the tensors that the kept pruning / weight-norm hooks derive on the copy."""
+    if not module._backward_hooks:
+        module._is_full_backward_hook = None
+    for hook in module._forward_pre_hooks.values():
+        if isinstance(hook, torch_prune.BasePruningMethod):
+            setattr(module, hook._tensor_name, hook.apply_mask(module))
+        elif isinstance(hook, WeightNorm):
+            setattr(module, hook.name, hook.compute_weight(module))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -25,9 +25,9 @@ from tqdm.auto import tqdm
 
 from wfexplore._checks import one_of, positive_int
 from wfexplore.copies import private_copy
+from wfexplore.evaluation import LossFn
 from wfexplore.params import ParameterLayout
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 FISHER_KINDS = ("empirical", "true")
 DEFAULT_CHUNK_BYTES = 256 * 2**20
 
@@ -232,26 +232,35 @@ def check_targets(outputs: torch.Tensor, y: torch.Tensor, loss_fn: LossFn) -> No
         return
     if not isinstance(y, torch.Tensor):
         raise TypeError(f"targets: expected a tensor, got {type(y).__name__}")
+    if kind == "mse":
+        _check_regression_targets(outputs, y)
+    else:
+        _check_class_targets(outputs, y, loss_fn)
+
+
+def _check_regression_targets(outputs: torch.Tensor, y: torch.Tensor) -> None:
+    out_shape, y_shape = tuple(outputs.shape), tuple(y.shape)
+    if y_shape[1:] != out_shape[1:]:
+        raise ValueError(
+            f"targets: shape {_batch_shape(y_shape)} differs from the outputs' "
+            f"{_batch_shape(out_shape)}; mse_loss would broadcast them into a wrong loss: "
+            "reshape the targets like the outputs "
+            f"(e.g. y.view(-1, {', '.join(map(str, out_shape[1:])) or '1'}))"
+        )
+    if not y.is_floating_point():
+        raise ValueError(
+            f"targets: mse_loss needs floating targets, got {y.dtype}; convert them "
+            "(y.to(outputs.dtype))"
+        )
+
+
+def _check_class_targets(outputs: torch.Tensor, y: torch.Tensor, loss_fn: LossFn) -> None:
     out_shape, y_shape = tuple(outputs.shape), tuple(y.shape)
     out_n, y_n = _batch_shape(out_shape), _batch_shape(y_shape)
-    if kind == "mse":
-        if y_shape[1:] != out_shape[1:]:
-            raise ValueError(
-                f"targets: shape {y_n} differs from the outputs' {out_n}; mse_loss would "
-                "broadcast them into a wrong loss: reshape the targets like the outputs "
-                f"(e.g. y.view(-1, {', '.join(map(str, out_shape[1:])) or '1'}))"
-            )
-        if not y.is_floating_point():
-            raise ValueError(
-                f"targets: mse_loss needs floating targets, got {y.dtype}; convert them "
-                "(y.to(outputs.dtype))"
-            )
-        return
     if len(out_shape) < 2:
         raise ValueError(
             f"model: cross-entropy needs (N, C) class scores, the outputs have shape {out_n}"
         )
-    classes = out_shape[1]
     if y.is_floating_point():
         if y_shape[1:] == out_shape[1:]:
             return  # class probabilities
@@ -270,6 +279,7 @@ def check_targets(outputs: torch.Tensor, y: torch.Tensor, loss_fn: LossFn) -> No
             f"targets: shape {y_n} does not fit outputs of shape {out_n}; cross-entropy "
             f"needs class labels of shape (N{''.join(f', {d}' for d in expected)})"
         )
+    classes = out_shape[1]
     ignore = getattr(loss_fn, "ignore_index", -100)
     bad = ((y < 0) | (y >= classes)) & (y != ignore)
     if bool(bad.any()):

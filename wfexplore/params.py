@@ -182,62 +182,69 @@ def select_parameter_names(
 
 def _select(model, names, pattern) -> tuple[list[str], list[SkippedLayer]]:
     available = [n for n, _ in model.named_parameters()]
-    masks = prune_masks_of(model)
-    aliases = {orig[: -len("_orig")]: orig for orig in masks}  # "fc1.weight" -> "..._orig"
-    modules = dict(model.named_modules())
     skipped: list[SkippedLayer] = []
     if names is None and pattern is None:
         default, skipped = _default_selection(model)
         chosen = set(default)
     else:
-        chosen = set()
-        if isinstance(names, str):
-            names = [names]
-        for name in names or ():
-            if not isinstance(name, str):
-                raise TypeError(f"names: expected parameter or module names, got {name!r}")
-            weight = _join(name, "weight") if name in modules else None
-            if name in available:
-                chosen.add(name)
-            elif name in aliases:
-                chosen.add(aliases[name])
-            elif weight is not None and weight in available:
-                chosen.add(weight)
-            elif weight is not None and weight in aliases:
-                chosen.add(aliases[weight])
-            else:
-                module_name, _, attr = (
-                    (name, "", "weight") if name in modules else name.rpartition(".")
-                )
-                module = modules.get(module_name)
-                why = reparametrisation(module, attr) if module is not None else None
-                if why is not None:
-                    raise ValueError(
-                        f"names: {name!r} is reparametrised ({why}); name its underlying "
-                        f"parameters instead, or {_REMOVE_HINT}"
-                    )
-                raise ValueError(
-                    f"names: {name!r} is neither a parameter nor a module with a weight; "
-                    f"available parameters: {available}"
-                )
+        aliases = {orig[: -len("_orig")]: orig for orig in prune_masks_of(model)}
+        chosen = _named(model, names, available, aliases)
         if pattern is not None:
             regex = re.compile(pattern)
             chosen.update(n for n in available if regex.search(n))
             chosen.update(orig for alias, orig in aliases.items() if regex.search(alias))
     selected = [n for n in available if n in chosen]
     if not selected:
-        if pattern is not None:
-            reason = f"pattern {pattern!r} matches none of {available}"
-        elif skipped:
-            listed = "; ".join(f"{s.module_name or '(model)'}: {s.reason}" for s in skipped)
-            reason = (
-                f"every Conv/Linear layer of the model is reparametrised ({listed}); pass "
-                f"names=[...] with the parameters to analyse, or {_REMOVE_HINT}"
-            )
-        else:
-            reason = "the model has no Conv/Linear weight; pass names=[...] or pattern=..."
-        raise ValueError("the parameter selection is empty: " + reason)
+        raise ValueError("the parameter selection is empty: " + _empty(pattern, available, skipped))
     return selected, skipped
+
+
+def _named(model, names, available: list[str], aliases: dict[str, str]) -> set[str]:
+    """The parameters ``names`` refer to: parameter names, module names (their weight), and
+    the names of weights under ``torch.nn.utils.prune`` (their ``_orig``)."""
+    modules = dict(model.named_modules())
+    chosen = set()
+    for name in [names] if isinstance(names, str) else names or ():
+        if not isinstance(name, str):
+            raise TypeError(f"names: expected parameter or module names, got {name!r}")
+        weight = _join(name, "weight") if name in modules else None
+        found = None
+        for candidate in (name, weight):
+            if candidate in available or candidate in aliases:
+                found = candidate if candidate in available else aliases[candidate]
+                break
+        if found is None:
+            _refuse_name(name, modules, available)
+        chosen.add(found)
+    return chosen
+
+
+def _refuse_name(name: str, modules: dict, available: list[str]) -> None:
+    module_name, _, attr = (name, "", "weight") if name in modules else name.rpartition(".")
+    module = modules.get(module_name)
+    why = reparametrisation(module, attr) if module is not None else None
+    if why is not None:
+        raise ValueError(
+            f"names: {name!r} is reparametrised ({why}); name its underlying parameters "
+            f"instead, or {_REMOVE_HINT}"
+        )
+    raise ValueError(
+        f"names: {name!r} is neither a parameter nor a module with a weight; available "
+        f"parameters: {available}"
+    )
+
+
+def _empty(pattern, available: list[str], skipped: list[SkippedLayer]) -> str:
+    """Why nothing is selected."""
+    if pattern is not None:
+        return f"pattern {pattern!r} matches none of {available}"
+    if skipped:
+        listed = "; ".join(f"{s.module_name or '(model)'}: {s.reason}" for s in skipped)
+        return (
+            f"every Conv/Linear layer of the model is reparametrised ({listed}); pass "
+            f"names=[...] with the parameters to analyse, or {_REMOVE_HINT}"
+        )
+    return "the model has no Conv/Linear weight; pass names=[...] or pattern=..."
 
 
 class ParameterLayout:

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from ._checks import check_reusable
 from .data import digits_loaders
+from .evaluation import evaluate_model
 from .models import DigitsCNN, DigitsMLP
 
 __all__ = [
@@ -83,27 +84,9 @@ def train_classifier(
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader) -> dict[str, float]:
-    """Mean cross-entropy ``loss`` and ``accuracy`` over ``loader``, computed in eval mode.
-
-    The train/eval mode of every submodule is restored afterwards.
-    """
-    modes = [(m, m.training) for m in model.modules()]
-    device = _device_of(model)
-    model.eval()
-    try:
-        total_loss, correct, count = 0.0, 0, 0
-        for inputs, targets in loader:
-            inputs, targets = inputs.to(device), targets.to(device)
-            logits = model(inputs)
-            total_loss += F.cross_entropy(logits, targets, reduction="sum").item()
-            correct += (logits.argmax(dim=1) == targets).sum().item()
-            count += len(targets)
-    finally:
-        for module, mode in modes:
-            module.training = mode
-    if count == 0:
-        raise ValueError("evaluate() got an empty loader")
-    return {"loss": total_loss / count, "accuracy": correct / count}
+    """Mean cross-entropy ``loss`` and ``accuracy`` over ``loader``, computed in eval mode
+    (:func:`~wfexplore.evaluation.evaluate_model`); modes are restored afterwards."""
+    return evaluate_model(model, loader, loss_fn=F.cross_entropy, name="loader")
 
 
 def cache_dir() -> Path:

@@ -27,6 +27,11 @@ from wfexplore.params import ParameterLayout
 
 Positions = Sequence[int] | torch.Tensor
 
+DISPLAY_BLOCK_LIMIT = 8192
+"""Largest block (weights) of which a representation without dense blocks makes a dense copy."""
+COLUMN_CHUNK_BYTES = 64 * 2**20
+"""Bytes of the column chunks that products with large blocks are computed in."""
+
 
 class Curvature(ABC):
     """A block-diagonal curvature matrix M over the analysed weights of ``layout``."""

@@ -37,7 +37,12 @@ from tqdm.auto import tqdm
 
 from wfexplore._checks import one_of, positive_int
 from wfexplore.copies import private_copy
-from wfexplore.curvature.base import Curvature, Positions
+from wfexplore.curvature.base import (
+    COLUMN_CHUNK_BYTES,
+    DISPLAY_BLOCK_LIMIT,
+    Curvature,
+    Positions,
+)
 from wfexplore.gradients import (
     FISHER_KINDS,
     LossFn,
@@ -47,9 +52,7 @@ from wfexplore.gradients import (
 )
 from wfexplore.params import ParameterLayout
 
-DISPLAY_BLOCK_LIMIT = 8192
 DEFAULT_CHUNK_EXAMPLES = 256
-COLUMN_CHUNK_BYTES = 64 * 2**20
 
 
 @dataclass

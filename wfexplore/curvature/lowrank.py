@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import torch
 
-from wfexplore.curvature.base import Curvature, Positions
+from wfexplore.curvature.base import (
+    COLUMN_CHUNK_BYTES,
+    DISPLAY_BLOCK_LIMIT,
+    Curvature,
+    Positions,
+)
 from wfexplore.params import ParameterLayout
-
-COLUMN_CHUNK_BYTES = 64 * 2**20
-DISPLAY_BLOCK_LIMIT = 8192
 
 
 class LowRankCurvature(Curvature):

@@ -119,63 +119,73 @@ def select_pruned(
     rank = _rank_within_layer(layer[order], sizes)  # rank of order[j] inside its layer
 
     if scope == "layerwise":
-        targets, empty = [], []
-        per_layer = layer_sparsities(layout, sparsity)
-        for p, s, cap in zip(layout.parameters, per_layer, caps.tolist(), strict=True):
-            count = round(s * p.numel)
-            _refuse_everything(s, count, p.numel, f"the {p.numel} weights of {p.name}")
-            if s > 0 and count == 0:
-                empty.append(f"{p.name} ({s} of {p.numel} weights)")
-            if count > cap and count > 0:
-                raise ValueError(
-                    f"min_density={min_density} keeps at least {p.numel - cap} of the {p.numel} "
-                    f"weights of {p.name}, but sparsity {s} asks to remove {count}; lower the "
-                    "sparsity or min_density"
-                )
-            targets.append(count)
-        if empty:
-            warnings.warn(
-                f"sparsity rounds to 0 weights in {len(empty)} layer(s): {', '.join(empty)}; "
-                "nothing is pruned there (raise the sparsity to at least 1/numel)",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        target = torch.maximum(torch.tensor(targets, device=device), fixed_per_layer)
+        counts = _layerwise_counts(layout, sparsity, caps.tolist(), min_density)
+        target = torch.maximum(torch.tensor(counts, device=device), fixed_per_layer)
         chosen = order[rank < target[layer[order]]]
     else:
-        if isinstance(sparsity, Mapping):
-            raise ValueError(
-                "sparsity: a per-layer map needs scope='layerwise'; global scope takes one number"
-            )
-        count = round(check_sparsity(sparsity) * layout.dim)
-        _refuse_everything(sparsity, count, layout.dim, f"all {layout.dim} analysed weights")
-        if sparsity > 0 and count == 0:
-            warnings.warn(
-                f"sparsity {sparsity} of {layout.dim} analysed weights rounds to 0 weights: "
-                f"nothing is pruned; the smallest sparsity that prunes one is 1/{layout.dim} = "
-                f"{1 / layout.dim:.6g}",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        room = int(caps.sum())
-        if count > room:
-            raise ValueError(
-                f"min_density={min_density} lets at most {room} of {layout.dim} weights go, but "
-                f"sparsity {sparsity} asks to remove {count}; lower the sparsity or min_density"
-            )
-        if int(fixed.sum()) > count:
-            warnings.warn(
-                f"{int(fixed.sum())} weights are already pruned (or zero), more than the {count} "
-                f"that sparsity {sparsity} asks for; they all stay pruned",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        count = max(count, int(fixed.sum()))
+        count = _global_count(layout, sparsity, int(caps.sum()), int(fixed.sum()), min_density)
         eligible = rank < caps[layer[order]]
         chosen = order[eligible][:count]
     pruned = torch.zeros(layout.dim, dtype=torch.bool, device=device)
     pruned[chosen] = True
     return pruned
+
+
+def _layerwise_counts(layout, sparsity, caps: list[int], min_density: float) -> list[int]:
+    """round(s_ℓ · n_ℓ) per layer; all of a layer is refused, none of a layer is a warning."""
+    counts, empty = [], []
+    per_layer = layer_sparsities(layout, sparsity)
+    for p, s, cap in zip(layout.parameters, per_layer, caps, strict=True):
+        count = round(s * p.numel)
+        _refuse_everything(s, count, p.numel, f"the {p.numel} weights of {p.name}")
+        if s > 0 and count == 0:
+            empty.append(f"{p.name} ({s} of {p.numel} weights)")
+        if count > cap and count > 0:
+            raise ValueError(
+                f"min_density={min_density} keeps at least {p.numel - cap} of the {p.numel} "
+                f"weights of {p.name}, but sparsity {s} asks to remove {count}; lower the "
+                "sparsity or min_density"
+            )
+        counts.append(count)
+    if empty:
+        warnings.warn(
+            f"sparsity rounds to 0 weights in {len(empty)} layer(s): {', '.join(empty)}; "
+            "nothing is pruned there (raise the sparsity to at least 1/numel)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return counts
+
+
+def _global_count(layout, sparsity, room: int, fixed: int, min_density: float) -> int:
+    """round(s · d), at least the ``fixed`` weights; all is refused, none is a warning."""
+    if isinstance(sparsity, Mapping):
+        raise ValueError(
+            "sparsity: a per-layer map needs scope='layerwise'; global scope takes one number"
+        )
+    count = round(check_sparsity(sparsity) * layout.dim)
+    _refuse_everything(sparsity, count, layout.dim, f"all {layout.dim} analysed weights")
+    if sparsity > 0 and count == 0:
+        warnings.warn(
+            f"sparsity {sparsity} of {layout.dim} analysed weights rounds to 0 weights: "
+            f"nothing is pruned; the smallest sparsity that prunes one is 1/{layout.dim} = "
+            f"{1 / layout.dim:.6g}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    if count > room:
+        raise ValueError(
+            f"min_density={min_density} lets at most {room} of {layout.dim} weights go, but "
+            f"sparsity {sparsity} asks to remove {count}; lower the sparsity or min_density"
+        )
+    if fixed > count:
+        warnings.warn(
+            f"{fixed} weights are already pruned (or zero), more than the {count} that "
+            f"sparsity {sparsity} asks for; they all stay pruned",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return max(count, fixed)
 
 
 def _refuse_everything(sparsity: float, count: int, numel: int, what: str) -> None:

@@ -80,10 +80,17 @@ class Dashboard:
     """
 
     widget: widgets.Widget
+    #: control name (its CSS class and key in ``controls``) → attribute holding the control
+    CONTROLS: dict[str, str] = {}
 
     def __init__(self, prefix: str, state: traitlets.HasTraits):
         self.prefix = prefix
         self.state = state
+
+    @property
+    def controls(self) -> dict[str, widgets.ValueWidget]:
+        """The controls by name (see ``CONTROLS``)."""
+        return {name: getattr(self, attr) for name, attr in self.CONTROLS.items()}
 
     def bind(
         self,

@@ -78,6 +78,18 @@ class FisherHessianExplorer(ComputingDashboard):
     through ``cache``); λ, m, the block, the view and the scale only redraw.
     """
 
+    CONTROLS = {
+        "layer": "layer",
+        "block-size": "block_size",
+        "block": "block",
+        "m": "num_samples",
+        "damping": "damping",
+        "batch": "batch_size",
+        "kind": "fisher",
+        "view": "view",
+        "log": "log_scale",
+    }
+
     def __init__(
         self,
         model: nn.Module,
@@ -194,20 +206,6 @@ class FisherHessianExplorer(ComputingDashboard):
                 control.style.button_width = "125px"
             if isinstance(control, (widgets.IntSlider, widgets.FloatLogSlider)):
                 control.layout = widgets.Layout(width="430px")
-
-    @property
-    def controls(self) -> dict[str, widgets.ValueWidget]:
-        return {
-            "layer": self.layer,
-            "block-size": self.block_size,
-            "block": self.block,
-            "m": self.num_samples,
-            "damping": self.damping,
-            "batch": self.batch_size,
-            "kind": self.fisher,
-            "view": self.view,
-            "log": self.log_scale,
-        }
 
     @property
     def setting(self) -> dict:

@@ -99,6 +99,16 @@ class PruningComparer(ComputingDashboard):
     default folder, a folder, or False).
     """
 
+    CONTROLS = {
+        "methods": "methods",
+        "scope": "scope",
+        "update": "update_choice",
+        "steps": "steps",
+        "sparsity": "sparsity",
+        "overlap-a": "overlap_a",
+        "overlap-b": "overlap_b",
+    }
+
     def __init__(
         self,
         model: nn.Module,
@@ -236,18 +246,6 @@ class PruningComparer(ComputingDashboard):
     def overlap(self) -> go.FigureWidget:
         """Jaccard overlap of the pruned sets of ``overlap_a`` and ``overlap_b`` per layer."""
         return self.slots["overlap"].figure
-
-    @property
-    def controls(self) -> dict[str, widgets.ValueWidget]:
-        return {
-            "methods": self.methods,
-            "scope": self.scope,
-            "update": self.update_choice,
-            "steps": self.steps,
-            "sparsity": self.sparsity,
-            "overlap-a": self.overlap_a,
-            "overlap-b": self.overlap_b,
-        }
 
     @property
     def setting(self) -> dict:

@@ -63,6 +63,12 @@ class LayerSensitivityExplorer(ComputingDashboard):
     runs (default: the summed OBS update for WoodFisher and K-FAC).
     """
 
+    CONTROLS = {
+        "layer": "layer",
+        "methods": "methods",
+        "log": "log_scale",
+    }
+
     def __init__(
         self,
         model: nn.Module,
@@ -157,10 +163,6 @@ class LayerSensitivityExplorer(ComputingDashboard):
     def curvatures(self) -> dict[str, AnyCurvature]:
         """Method → curvature of the dense model, for the methods computed so far."""
         return self.study.curvatures
-
-    @property
-    def controls(self) -> dict[str, widgets.ValueWidget]:
-        return {"layer": self.layer, "methods": self.methods, "log": self.log_scale}
 
     @property
     def setting(self) -> dict:
