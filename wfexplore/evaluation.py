@@ -53,7 +53,9 @@ def evaluate_model(
         for module, mode in modes:
             module.training = mode
     if count == 0:
-        raise ValueError(f"{name}: the loader yielded no examples (it is empty); pass a loader with data")
+        raise ValueError(
+            f"{name}: the loader yielded no examples (it is empty); pass a loader with data"
+        )
     if non_finite or bad_loss:
         what = (
             f"{non_finite} of {count} examples have non-finite outputs (NaN/inf)"

@@ -265,7 +265,7 @@ class ParameterLayout:
             raise ValueError("parameters: the layout needs at least one analysed parameter")
         self.parameters: tuple[AnalysedParameter, ...] = tuple(parameters)
         self.skipped: tuple[SkippedLayer, ...] = tuple(skipped)
-        self.block_size: BlockSpec = _check_block_size(block_size)
+        self.block_size: BlockSpec = check_block_size(block_size)
         self.blocks: tuple[Block, ...] = tuple(self._make_blocks())
         self._by_name = {p.name: i for i, p in enumerate(self.parameters)}
 
@@ -478,7 +478,7 @@ class ParameterLayout:
         return blocks
 
 
-def _check_block_size(block_size: BlockSpec) -> BlockSpec:
+def check_block_size(block_size: BlockSpec) -> BlockSpec:
     if isinstance(block_size, str):
         if block_size not in ("layer", "model"):
             raise ValueError(

@@ -32,7 +32,7 @@ from wfexplore.curvature.dense import DEFAULT_MAX_MEMORY_GB
 from wfexplore.curvature.estimate import estimate_curvature
 from wfexplore.examples import take_examples
 from wfexplore.gradients import FISHER_KINDS, LossFn
-from wfexplore.params import BlockSpec, ParameterLayout, _check_block_size
+from wfexplore.params import BlockSpec, ParameterLayout, check_block_size
 from wfexplore.pruning.updates import resolved_update
 
 METHODS = ("magnitude", "obd", "woodfisher", "kfac")
@@ -87,7 +87,7 @@ class PruningSettings:
         )
         positive_int(self.num_samples, "num_samples", "e.g. num_samples=256")
         positive_int(self.batch_size, "batch_size", "use 1 for per-example gradients")
-        _check_block_size(self.block_size)
+        check_block_size(self.block_size)
         one_of(self.fisher, "fisher", FISHER_KINDS)
         one_of(self.representation, "representation", REPRESENTATIONS)
 
