@@ -8,7 +8,7 @@ Submodules are imported on use, so that a page that needs no torch does not load
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["ParameterLayout", "__version__"]
+__all__ = ["ParameterLayout", "__version__", "plan"]
 
 
 def __getattr__(name: str):
@@ -16,4 +16,8 @@ def __getattr__(name: str):
         from wfexplore.params import ParameterLayout
 
         return ParameterLayout
+    if name == "plan":
+        from wfexplore.pruning.plan import plan
+
+        return plan
     raise AttributeError(f"module 'wfexplore' has no attribute {name!r}")

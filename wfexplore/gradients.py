@@ -39,8 +39,30 @@ def gradient_samples(
     num_samples: int,
     **kwargs,
 ) -> torch.Tensor:
-    """The ``(m, d)`` matrix G whose rows are gradient samples; see :func:`iter_gradient_chunks`."""
-    return torch.cat(list(iter_gradient_chunks(model, data, layout, num_samples, **kwargs)))
+    """The ``(m, d)`` matrix G whose rows are gradient samples; see :func:`iter_gradient_chunks`.
+
+    Chunks are written into G as they come (G is allocated once, never copied)."""
+    return collect_rows(
+        iter_gradient_chunks(model, data, layout, num_samples, **kwargs), num_samples
+    )
+
+
+def collect_rows(chunks: Iterable[torch.Tensor], total: int | None = None) -> torch.Tensor:
+    """Stack ``(c, d)`` chunks into one ``(total, d)`` tensor allocated at the first chunk
+    (no list of chunks and copy); without ``total``, the chunks are concatenated."""
+    if total is None:
+        return torch.cat(list(chunks))
+    out, filled = None, 0
+    for chunk in chunks:
+        if out is None:
+            out = torch.empty(total, *chunk.shape[1:], dtype=chunk.dtype, device=chunk.device)
+        if filled + chunk.shape[0] > total:
+            raise ValueError(f"chunks: more than the {total} rows expected")
+        out[filled : filled + chunk.shape[0]] = chunk
+        filled += chunk.shape[0]
+    if out is None or filled != total:
+        raise ValueError(f"chunks: {filled} rows given, {total} expected")
+    return out
 
 
 def iter_gradient_chunks(

@@ -21,6 +21,7 @@ from wfexplore.curvature.diagonal import DiagonalAccumulator
 from wfexplore.curvature.identity import IdentityCurvature
 from wfexplore.curvature.kfac import KFACCurvature
 from wfexplore.curvature.lowrank import GradientStore
+from wfexplore.curvature.plan import auto_representation, default_budget_gb, plan_curvature
 from wfexplore.curvature.woodbury import WoodburyAccumulator
 from wfexplore.gradients import LossFn, iter_gradient_chunks
 from wfexplore.params import BlockSpec, ParameterLayout
@@ -35,10 +36,19 @@ REPRESENTATIONS = ("identity", *_ACCUMULATORS, "kfac")
 AUTO_DENSE_LIMIT_GB = 1.0
 
 
-def resolve_representation(representation: str, layout: ParameterLayout) -> str:
-    """``"auto"``: dense blocks when they fit in ``AUTO_DENSE_LIMIT_GB``, else low-rank."""
+def resolve_representation(
+    representation: str,
+    layout: ParameterLayout,
+    num_samples: int | None = None,
+    max_memory_gb: float = DEFAULT_MAX_MEMORY_GB,
+) -> str:
+    """``"auto"``: dense or low-rank blocks, whichever needs fewer flops within
+    ``max_memory_gb`` for m = ``num_samples`` (:func:`.plan.auto_representation`); with m
+    unknown, dense blocks when they fit in ``AUTO_DENSE_LIMIT_GB``, else low-rank."""
     if representation != "auto":
         return one_of(representation, "representation", (*REPRESENTATIONS, "auto"))
+    if num_samples is not None:
+        return auto_representation(layout, num_samples, max_memory_gb * 2**30)
     fits = dense_memory_bytes(layout) <= AUTO_DENSE_LIMIT_GB * 2**30
     return "dense" if fits else "lowrank"
 
@@ -48,6 +58,7 @@ def from_gradients(
     layout: ParameterLayout,
     representation: str = "dense",
     *,
+    num_samples: int | None = None,
     dtype: torch.dtype = torch.float64,
     max_memory_gb: float = DEFAULT_MAX_MEMORY_GB,
 ) -> Curvature:
@@ -55,16 +66,21 @@ def from_gradients(
     iterable of its ``(c, d)`` row chunks, streamed once.
 
     ``representation``: ``"diagonal"``, ``"dense"``, ``"woodbury"``, ``"lowrank"`` or
-    ``"auto"`` (see :func:`resolve_representation`).
+    ``"auto"`` (see :func:`resolve_representation`). ``num_samples`` (m, when chunks are
+    given) lets the representations that hold G write it in place.
     """
-    representation = resolve_representation(representation, layout)
+    if isinstance(gradients, torch.Tensor):
+        num_samples = gradients.shape[0]
+    representation = resolve_representation(representation, layout, num_samples, max_memory_gb)
     if representation not in _ACCUMULATORS:
         raise ValueError(
             f"representation {representation!r} is not built from gradient samples; choose "
             f"one of {list(_ACCUMULATORS)} (or use estimate_curvature)"
         )
     chunks = [gradients] if isinstance(gradients, torch.Tensor) else gradients
-    sink = _ACCUMULATORS[representation](layout, dtype=dtype, max_memory_gb=max_memory_gb)
+    sink = _ACCUMULATORS[representation](
+        layout, dtype=dtype, max_memory_gb=max_memory_gb, num_samples=num_samples
+    )
     m = 0
     for chunk in chunks:
         if chunk.ndim != 2 or chunk.shape[1] != layout.dim:
@@ -94,7 +110,7 @@ def estimate_curvature(
     seed: int = 0,
     keep: torch.Tensor | None = None,
     dtype: torch.dtype = torch.float64,
-    max_memory_gb: float = DEFAULT_MAX_MEMORY_GB,
+    max_memory_gb: float | None = None,
     progress: bool = True,
 ) -> Curvature:
     """The Fisher M = (1/m) Σ_n g_n g_nᵀ of ``model`` on ``data``, held as ``representation``.
@@ -111,6 +127,8 @@ def estimate_curvature(
     ``keep`` (bool, length d) zeroes the gradient columns of pruned weights, so that M
     couples them to nothing (not for K-FAC, whose Kronecker structure cannot hold a mask).
     The result is undamped: pass λ to its inverse operations, or use ``.damped(λ)``.
+    Before any gradient is computed, the plan of the work (:mod:`.plan`) is checked against
+    ``max_memory_gb`` (default: a safe share of the free memory of the model's device).
     """
     one_of(representation, "representation", (*REPRESENTATIONS, "auto"))
     if layout is None:
@@ -120,6 +138,18 @@ def estimate_curvature(
     if representation == "identity":
         return IdentityCurvature(layout, dtype)
     positive_int(num_samples, "num_samples", "e.g. num_samples=256")
+    first = next(model.parameters())
+    if max_memory_gb is None:
+        max_memory_gb = default_budget_gb(first.device)
+    representation = resolve_representation(representation, layout, num_samples, max_memory_gb)
+    plan_curvature(
+        layout,
+        representation,
+        num_samples,
+        itemsize=first.element_size(),
+        model_bytes=sum(p.numel() * p.element_size() for p in model.parameters()),
+        budget_gb=max_memory_gb,
+    ).check()
     common = {
         "batch_size": batch_size,
         "loss_fn": loss_fn,

@@ -48,7 +48,8 @@ class LowRankCurvature(Curvature):
         self.gradients = gradients
         self.num_samples = gradients.shape[0]
         self.dtype = dtype
-        self._columns = max(1, COLUMN_CHUNK_BYTES // (8 * self.num_samples))
+        largest = max(b.size for b in layout.blocks)
+        self._columns = max(1, min(COLUMN_CHUNK_BYTES // (8 * self.num_samples), largest))
         self._buffers = [
             torch.empty(self.num_samples, self._columns, dtype=dtype, device=gradients.device)
             for _ in range(2)
@@ -171,17 +172,41 @@ class LowRankCurvature(Curvature):
 
 
 class GradientStore:
-    """Collects gradient chunks into the (m, d) matrix G that low-rank blocks hold."""
+    """Collects gradient chunks into the (m, d) matrix G, written in place when m is known
+    (allocated once, never copied)."""
 
-    def __init__(self, layout: ParameterLayout, dtype: torch.dtype, **_):
-        self.layout, self.dtype, self.chunks = layout, dtype, []
+    def __init__(
+        self, layout: ParameterLayout, dtype: torch.dtype, num_samples: int | None = None, **_
+    ):
+        self.layout, self.dtype, self.num_samples = layout, dtype, num_samples
+        self.chunks: list[torch.Tensor] = []
+        self.rows: torch.Tensor | None = None
+        self.filled = 0
 
     def add(self, chunk: torch.Tensor) -> None:
-        self.chunks.append(chunk)
+        if self.num_samples is None:
+            self.chunks.append(chunk)
+            return
+        if self.rows is None:
+            shape = (self.num_samples, chunk.shape[1])
+            self.rows = torch.empty(shape, dtype=chunk.dtype, device=chunk.device)
+        stop = self.filled + chunk.shape[0]
+        if stop > self.num_samples:
+            raise ValueError(f"gradients: more than num_samples={self.num_samples} rows")
+        self.rows[self.filled : stop] = chunk
+        self.filled = stop
+
+    def matrix(self, num_samples: int) -> torch.Tensor:
+        if self.rows is None:
+            return self.chunks[0] if len(self.chunks) == 1 else torch.cat(self.chunks)
+        if self.filled != self.num_samples:
+            raise ValueError(
+                f"gradients: {self.filled} rows given but num_samples={self.num_samples}"
+            )
+        return self.rows
 
     def finish(self, num_samples: int) -> LowRankCurvature:
-        g = self.chunks[0] if len(self.chunks) == 1 else torch.cat(self.chunks)
-        return LowRankCurvature(self.layout, g, dtype=self.dtype)
+        return LowRankCurvature(self.layout, self.matrix(num_samples), dtype=self.dtype)
 
 
 ROW_PARTS = 4

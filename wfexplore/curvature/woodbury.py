@@ -18,6 +18,7 @@ from wfexplore.curvature.dense import (
     DenseAccumulator,
     DenseBlockCurvature,
 )
+from wfexplore.curvature.lowrank import GradientStore
 from wfexplore.params import ParameterLayout
 
 
@@ -50,14 +51,21 @@ class WoodburyCurvature(DenseBlockCurvature):
 class WoodburyAccumulator(DenseAccumulator):
     """Dense blocks F_B = G_Bᵀ G_B / m, holding G for the recursion."""
 
-    def __init__(self, layout: ParameterLayout, dtype: torch.dtype, max_memory_gb: float, **_):
+    def __init__(
+        self,
+        layout: ParameterLayout,
+        dtype: torch.dtype,
+        max_memory_gb: float,
+        num_samples: int | None = None,
+        **_,
+    ):
         super().__init__(layout, dtype, max_memory_gb)
-        self.chunks: list[torch.Tensor] = []
+        self.store = GradientStore(layout, dtype, num_samples)
 
     def add(self, chunk: torch.Tensor) -> None:
         super().add(chunk)
-        self.chunks.append(chunk)
+        self.store.add(chunk)
 
     def finish(self, num_samples: int) -> WoodburyCurvature:
         dense = super().finish(num_samples)
-        return WoodburyCurvature(self.layout, dense.groups, torch.cat(self.chunks))
+        return WoodburyCurvature(self.layout, dense.groups, self.store.matrix(num_samples))

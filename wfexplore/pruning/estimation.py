@@ -28,7 +28,6 @@ from torch import nn
 
 from wfexplore._checks import one_of, positive_float, positive_int
 from wfexplore.curvature.base import DampedCurvature
-from wfexplore.curvature.dense import DEFAULT_MAX_MEMORY_GB
 from wfexplore.curvature.estimate import estimate_curvature
 from wfexplore.examples import take_examples
 from wfexplore.gradients import FISHER_KINDS, LossFn
@@ -190,7 +189,7 @@ def method_curvature(
     keep: torch.Tensor | None = None,
     loss_fn: LossFn = F.cross_entropy,
     dtype: torch.dtype = torch.float64,
-    max_memory_gb: float = DEFAULT_MAX_MEMORY_GB,
+    max_memory_gb: float | None = None,
     progress: bool = False,
 ) -> DampedCurvature:
     """C = M + λI of ``settings.method`` for ``model`` on ``examples``.

@@ -10,7 +10,7 @@ before every step; k = 1 is one-shot pruning. The caller's model is never change
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pandas as pd
@@ -27,7 +27,7 @@ from wfexplore.curvature.base import (
     as_damped,
     check_same_layout,
 )
-from wfexplore.curvature.dense import DEFAULT_MAX_MEMORY_GB
+from wfexplore.curvature.plan import Plan, default_budget_gb
 from wfexplore.gradients import LossFn
 from wfexplore.params import ParameterLayout
 from wfexplore.pruning.estimation import (
@@ -48,6 +48,7 @@ from wfexplore.pruning.masks import (
     layer_sparsities,
     select_pruned,
 )
+from wfexplore.pruning.plan import plan
 from wfexplore.pruning.saliency import check_model_matches, obs_saliency
 from wfexplore.pruning.updates import UPDATES, resolved_update, update_weights
 
@@ -89,8 +90,9 @@ class RunOptions:
     """What is analysed and how the work runs and is measured.
 
     ``names`` / ``pattern`` select the analysed parameters (default: every Conv/Linear
-    weight); ``loss_fn`` is the training loss (batch mean); ``max_memory_gb`` caps large
-    allocations; ``per_layer_actual`` measures each layer's own loss change;
+    weight); ``loss_fn`` is the training loss (batch mean); ``max_memory_gb`` is the memory
+    budget the plan is checked against before any gradient (default: a safe share of the
+    free memory of the model's device); ``per_layer_actual`` measures each layer's own loss change;
     ``recalibrate_bn`` re-estimates BatchNorm statistics on ``data`` after pruning (over
     ``bn_batches`` batches, default all).
     """
@@ -98,7 +100,7 @@ class RunOptions:
     names: Sequence[str] | None = None
     pattern: str | None = None
     loss_fn: LossFn = F.cross_entropy
-    max_memory_gb: float = DEFAULT_MAX_MEMORY_GB
+    max_memory_gb: float | None = None
     per_layer_actual: bool = True
     recalibrate_bn: bool = False
     bn_batches: int | None = None
@@ -107,12 +109,24 @@ class RunOptions:
     def __post_init__(self) -> None:
         if isinstance(self.names, str):
             object.__setattr__(self, "names", (self.names,))
-        positive_float(self.max_memory_gb, "max_memory_gb", "e.g. max_memory_gb=4")
+        if self.max_memory_gb is not None:
+            positive_float(self.max_memory_gb, "max_memory_gb", "e.g. max_memory_gb=4")
         if self.bn_batches is not None:
             positive_int(self.bn_batches, "bn_batches", "or None for the whole loader")
 
     def layout(self, model: nn.Module, settings: PruningSettings) -> ParameterLayout:
         return settings.layout(model, self.names, self.pattern)
+
+    def with_budget(self, model: nn.Module) -> RunOptions:
+        """These options with ``max_memory_gb`` set (the default budget of the model's device)."""
+        if self.max_memory_gb is not None:
+            return self
+        return replace(self, max_memory_gb=default_budget_gb(next(model.parameters()).device))
+
+    def plan(self, model: nn.Module, settings: PruningSettings, **kwargs) -> Plan:
+        """The checked plan of ``settings`` on ``model`` (refused when over the budget)."""
+        layout = self.layout(model, settings)
+        return plan(model, settings, layout=layout, max_memory_gb=self.max_memory_gb, **kwargs)
 
 
 @dataclass
@@ -121,7 +135,8 @@ class PruningResult:
 
     ``masks`` maps each pruned parameter to its keep mask (True = kept, the convention of
     ``torch.nn.utils.prune``); ``layers`` has one row per parameter (sparsity, predicted
-    and actual loss change); ``steps`` one row per recomputation step; ``summary`` the totals.
+    and actual loss change); ``steps`` one row per recomputation step; ``summary`` the totals;
+    ``plan`` what was estimated before the work (:func:`~wfexplore.pruning.plan.plan`).
     """
 
     model: nn.Module
@@ -130,6 +145,7 @@ class PruningResult:
     steps: pd.DataFrame
     summary: dict[str, Any]
     layout: ParameterLayout = field(repr=False)
+    plan: Plan | None = field(default=None, repr=False)
 
     @property
     def sparsity(self) -> float:
@@ -196,9 +212,12 @@ def prune_model(
     )
     if data is not None and (eval_data is None or options.recalibrate_bn):
         check_reusable(data, "data")  # read for the curvature, then again
+    options = options.with_budget(model)
     how = resolve_method(method)
     check_sparsity_argument(sparsity, schedule.scope)
+    checked = None
     if isinstance(how, PruningSettings):
+        checked = options.plan(model, how).check()
         layout = options.layout(model, how)
         examples = take_examples(data, how.examples_needed) if how.needs_data else None
         settings = how
@@ -231,7 +250,7 @@ def prune_model(
         description = {"method": how.kind, "damping": how.damping}
     if options.recalibrate_bn and data is None:
         raise ValueError("recalibrate_bn=True needs data=<loader> to re-estimate BatchNorm with")
-    return run_pruning(
+    result = run_pruning(
         model,
         layout,
         provider,
@@ -242,6 +261,8 @@ def prune_model(
         bn_data=data,
         description=description,
     )
+    result.plan = checked
+    return result
 
 
 def ready_curvature_layout(model: nn.Module, curvature: AnyCurvature, options: RunOptions):
@@ -306,7 +327,7 @@ def run_pruning(
     ``bn_data`` re-estimates BatchNorm when ``options.recalibrate_bn``; without
     ``eval_data`` nothing is evaluated.
     """
-    schedule, options = schedule or PruningSchedule(), options or RunOptions()
+    schedule, options = schedule or PruningSchedule(), (options or RunOptions()).with_budget(model)
     check_sparsity_argument(sparsity, schedule.scope)
     steps = schedule.steps
     work = private_copy(model)

@@ -49,6 +49,7 @@ def curvature_for(
     how = resolve_method(method)
     if not isinstance(how, PruningSettings):
         return how, ready_curvature_layout(model, how, options)
+    options.plan(model, how).check()
     layout = options.layout(model, how)
     examples = take_examples(data, how.examples_needed) if how.needs_data else None
     curvature = method_curvature(
@@ -91,6 +92,7 @@ def layer_sensitivity(
     model is not changed.
     """
     (options,) = with_changes(changes, options or RunOptions())
+    options = options.with_budget(model)
     grid = _grid(sparsities)
     resolved_update(update, diagonal=False)  # a bad update is refused before any work
     if eval_data is None and data is not None:
@@ -160,6 +162,7 @@ def global_allocation(
     One row per (global sparsity, layer): ``numel``, ``pruned``, ``layer_sparsity``.
     """
     (options,) = with_changes(changes, options or RunOptions())
+    options = options.with_budget(model)
     grid = _grid(sparsities)
     check_min_density(min_density)
     curvature, layout = curvature_for(model, method, data, options)

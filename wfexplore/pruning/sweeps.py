@@ -171,6 +171,9 @@ def sweep(
         )
     if options.recalibrate_bn and data is None:
         raise ValueError("recalibrate_bn=True needs data=<loader>")
+    options = options.with_budget(model)
+    for settings in grid.settings(base):  # before any gradient: G is shared, so it is held
+        options.plan(model, settings, hold_gradients=True).check()
     if data is not None:
         check_reusable(data, "data")  # fingerprinted, then read for the curvature
     run = _SweepRun(model, data, eval_data, grid, base, schedule, options, keep_masks)

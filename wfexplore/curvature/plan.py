@@ -1,0 +1,248 @@
+r"""What a curvature will cost before it is computed: bytes and floating-point operations.
+
+Per analysed parameter ℓ with d_ℓ weights in blocks of sizes s (Σ s = d_ℓ), m gradient
+samples and 8-byte (float64) products:
+
+===========  ===================================  =========================================
+held as      bytes at its peak                    flops
+===========  ===================================  =========================================
+identity     0                                    0
+diagonal     2 · 8 d_ℓ                            2 m d_ℓ
+dense        4 · 8 Σ s² (blocks, inverse, the     2 m Σ s² (GᵀG) + Σ s³ (Cholesky and
+             factorisation's two temporaries)     inverse)
+woodbury     dense + G                            dense + 2 m Σ s² per λ (the recursion)
+lowrank      G + 8 m² per block (factors)         (15/8) m² d_ℓ (Gram, L⁻¹G) + m³ per block
+             + two m × c column buffers
+kfac         4 · 8 (in² + out²) + unfolded        2 m T (in² + out²) + 9 (in³ + out³)
+             inputs of one chunk, 8 c T in
+===========  ===================================  =========================================
+
+G is the m × d matrix of gradient samples in the model's dtype (held by woodbury and
+lowrank; streamed through, one chunk at a time, by the others). ``"auto"`` takes the
+cheaper of dense and low-rank blocks by these flops among those that fit: low-rank when
+m ≪ B, dense when B ≪ m.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+from wfexplore.curvature.base import COLUMN_CHUNK_BYTES
+from wfexplore.gradients import DEFAULT_CHUNK_BYTES
+from wfexplore.params import ParameterLayout
+
+LOG = logging.getLogger("wfexplore")
+MODEL_COPIES = 4
+"""Private copies of the model a run may hold at once (gradients, the pruned copy, the dense
+model for evaluation, a probe for per-layer losses)."""
+VECTORS = 8
+"""d-long float64 vectors a pruning step holds (w, diag C⁻¹, scores, δw, C δw, masks…)."""
+
+FLOAT64 = 8
+SAFE_SHARE = 0.8
+"""Share of the free memory that the default budget allows."""
+AUTO_CHOICES = ("dense", "lowrank")
+
+
+def block_sizes(layout: ParameterLayout, parameter: int) -> list[int]:
+    """Sizes of the blocks that start in ``parameter``."""
+    return [b.size for b in layout.blocks if b.layer == parameter]
+
+
+def curvature_cost(
+    representation: str, sizes: list[int], numel: int, num_samples: int
+) -> tuple[int, float]:
+    """(bytes, flops) of one parameter's blocks of ``sizes`` held as ``representation``
+    (without G, which :func:`gradient_bytes` counts)."""
+    m = num_samples
+    squares, cubes = sum(s * s for s in sizes), sum(s**3 for s in sizes)
+    if representation == "identity":
+        return 0, 0.0
+    if representation == "diagonal":
+        return 2 * FLOAT64 * numel, 2.0 * m * numel
+    if representation == "dense":
+        return 4 * FLOAT64 * squares, 2.0 * m * squares + cubes
+    if representation == "woodbury":
+        return 4 * FLOAT64 * squares, 4.0 * m * squares + cubes
+    if representation == "lowrank":
+        held = FLOAT64 * m * m * len(sizes)  # one Cholesky factor per block
+        return held, 15 / 8 * m * m * numel + float(m**3) * len(sizes)
+    raise ValueError(f"representation {representation!r} has no cost model here")
+
+
+def holds_gradients(representation: str) -> bool:
+    """Whether the representation keeps the m × d gradient matrix G."""
+    return representation in ("woodbury", "lowrank")
+
+
+def gradient_bytes(num_samples: int, numel: int, itemsize: int) -> int:
+    return num_samples * numel * itemsize
+
+
+def buffer_bytes(representation: str, layout: ParameterLayout, num_samples: int) -> int:
+    """Low-rank blocks work through two float64 column buffers of m × c (c ≤ the largest block,
+    and m·c·8 ≤ ``COLUMN_CHUNK_BYTES``); the others hold none."""
+    if representation != "lowrank" or not num_samples:
+        return 0
+    largest = max(b.size for b in layout.blocks)
+    columns = max(1, min(COLUMN_CHUNK_BYTES // (FLOAT64 * num_samples), largest))
+    return 2 * FLOAT64 * num_samples * columns
+
+
+def auto_representation(layout: ParameterLayout, num_samples: int, budget_bytes: float) -> str:
+    """Dense or low-rank blocks, whichever needs fewer flops among those within the budget
+    (dense blocks when nothing is known of m)."""
+    costs = {}
+    for representation in AUTO_CHOICES:
+        total_bytes, total_flops = 0, 0.0
+        for i, p in enumerate(layout.parameters):
+            b, f = curvature_cost(representation, block_sizes(layout, i), p.numel, num_samples)
+            total_bytes += b
+            total_flops += f
+        if holds_gradients(representation):
+            total_bytes += gradient_bytes(num_samples, layout.dim, 4)
+        total_bytes += buffer_bytes(representation, layout, num_samples)
+        costs[representation] = (total_bytes <= budget_bytes, total_flops)
+    fitting = [r for r in AUTO_CHOICES if costs[r][0]] or list(AUTO_CHOICES)
+    return min(fitting, key=lambda r: costs[r][1])
+
+
+def available_bytes(device: torch.device | str = "cpu") -> int:
+    """Free memory on ``device``: CUDA's free memory, else the system's available RAM."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def default_budget_gb(device: torch.device | str = "cpu") -> float:
+    """A safe share (``SAFE_SHARE``) of the free memory of ``device``, in GB (2³⁰ bytes)."""
+    return SAFE_SHARE * available_bytes(device) / 2**30
+
+
+@dataclass
+class Plan:
+    """What a run will hold and compute; ``layers`` has one row per analysed parameter."""
+
+    layers: pd.DataFrame
+    method: str
+    representation: str
+    num_samples: int
+    fixed_bytes: int
+    peak_bytes: int
+    budget_bytes: int
+
+    @property
+    def fits(self) -> bool:
+        return self.peak_bytes <= self.budget_bytes
+
+    def summary(self) -> str:
+        """One line: the method, the representation, the peak against the budget, the flops."""
+        flops = float(self.layers["flops"].sum())
+        return (
+            f"plan: {self.method} with {self.representation} curvature, m={self.num_samples}, "
+            f"{len(self.layers)} layers, d={int(self.layers['numel'].sum()):,}: peak "
+            f"≈ {_gb(self.peak_bytes)} of max_memory_gb={_gb(self.budget_bytes, unit=False)}, "
+            f"≈ {flops:.2g} flops"
+        )
+
+    def check(self) -> Plan:
+        """Refuse a plan over the budget, naming ``max_memory_gb``, the estimate and what fits."""
+        if not self.fits:
+            raise MemoryError(
+                f"{self.summary()} — over the budget; {self.suggestions()} (or raise "
+                "max_memory_gb if the machine has the memory)"
+            )
+        return self
+
+    def suggestions(self) -> str:
+        """Settings that would fit: fewer samples, or another representation."""
+        out = []
+        per_sample = int(self.layers["gradient_bytes"].sum()) / self.num_samples
+        room = self.budget_bytes - self.fixed_bytes - int(self.layers["curvature_bytes"].sum())
+        if per_sample > 0 and room > 0 and self.layers["gradient_bytes"].sum() > 0:
+            out.append(f"num_samples ≤ {int(room // per_sample)}")
+        if self.representation == "dense":
+            out.append("representation='lowrank' or a smaller block_size")
+        elif self.representation in ("lowrank", "woodbury"):
+            out.append("fewer num_samples (G is m × d)")
+        return "try " + ", or ".join(out) if out else "select fewer layers (names=[...])"
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+def plan_curvature(
+    layout: ParameterLayout,
+    representation: str,
+    num_samples: int,
+    *,
+    itemsize: int,
+    model_bytes: int,
+    budget_gb: float,
+    method: str | None = None,
+    hold_gradients: bool = False,
+) -> Plan:
+    """The plan of one curvature on ``layout``: per-layer bytes and flops, and the peak of a
+    run that holds it (``model_bytes`` of parameters, copied ``MODEL_COPIES`` times; one chunk
+    of per-example gradients of ``itemsize``-byte entries; the float64 d-vectors).
+    ``hold_gradients``: G is held whatever the representation (a sweep shares it)."""
+    m = num_samples
+    layers = pd.DataFrame(_layer_rows(layout, representation, m, itemsize, hold_gradients))
+    chunk = 0
+    if m:
+        per_chunk = max(1, min(256, DEFAULT_CHUNK_BYTES // (layout.dim * itemsize)))
+        chunk = 2 * min(per_chunk, m) * layout.dim * itemsize
+    fixed = MODEL_COPIES * model_bytes + chunk + VECTORS * FLOAT64 * layout.dim
+    fixed += buffer_bytes(representation, layout, m)
+    peak = fixed + int(layers["gradient_bytes"].sum() + layers["curvature_bytes"].sum())
+    result = Plan(
+        layers, method or representation, representation, m, fixed, peak, int(budget_gb * 2**30)
+    )
+    LOG.info(result.summary())
+    return result
+
+
+def _layer_rows(
+    layout: ParameterLayout, representation: str, m: int, itemsize: int, hold: bool = False
+) -> list:
+    held = hold or holds_gradients(representation)
+    rows = []
+    for i, p in enumerate(layout.parameters):
+        sizes = block_sizes(layout, i)
+        if representation == "kfac":
+            out = p.shape[0]
+            inner = p.numel // out
+            curvature = 4 * FLOAT64 * (inner * inner + out * out)
+            flops = 2.0 * m * (inner * inner + out * out) + 9.0 * (inner**3 + out**3)
+        else:
+            curvature, flops = curvature_cost(representation, sizes, p.numel, m)
+        rows.append(
+            {
+                "parameter": p.name,
+                "numel": p.numel,
+                "blocks": len(sizes),
+                "largest_block": max(sizes, default=0),
+                "gradient_bytes": gradient_bytes(m, p.numel, itemsize) if held else 0,
+                "curvature_bytes": curvature,
+                "flops": flops,
+                "strategy": "in memory" if held else "streamed by example chunk",
+            }
+        )
+    return rows
+
+
+def _gb(n: int, unit: bool = True) -> str:
+    return f"{n / 2**30:.3g}" + (" GB" if unit else "")

@@ -1,0 +1,59 @@
+"""A plan before the work: what pruning a model will hold in memory and compute, per layer.
+
+:func:`plan` estimates, for each analysed parameter, the bytes of its gradient samples
+(held, or streamed one chunk at a time), of its curvature in the representation the method
+uses, and the floating-point operations (see :mod:`wfexplore.curvature.plan` for the cost
+model), and adds what every run holds besides: the model's private copies, one chunk of
+per-example gradients and the d-long float64 vectors of saliencies and updates. The peak is
+compared with the memory budget before anything large is allocated; a plan that does not
+fit is refused with settings that would (:meth:`~wfexplore.curvature.plan.Plan.check`).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from wfexplore.curvature.estimate import resolve_representation
+from wfexplore.curvature.plan import Plan, default_budget_gb, plan_curvature
+from wfexplore.params import ParameterLayout
+from wfexplore.pruning.estimation import PruningSettings
+
+
+def plan(
+    model: nn.Module,
+    settings: PruningSettings | str = "woodfisher",
+    *,
+    names=None,
+    pattern=None,
+    layout: ParameterLayout | None = None,
+    max_memory_gb: float | None = None,
+    hold_gradients: bool = False,
+) -> Plan:
+    """The plan of pruning ``model`` with ``settings`` (a method name or PruningSettings).
+
+    ``max_memory_gb`` defaults to a safe share of the free memory of the model's device
+    (:func:`~wfexplore.curvature.plan.default_budget_gb`); ``layout`` (default: the
+    settings' layout of ``names``/``pattern``) fixes the analysed weights and blocks.
+    """
+    if isinstance(settings, str):
+        settings = PruningSettings(settings)
+    first = next(model.parameters())
+    budget_gb = default_budget_gb(first.device) if max_memory_gb is None else max_memory_gb
+    layout = layout if layout is not None else settings.layout(model, names, pattern)
+    m = settings.num_samples if settings.needs_data else 0
+    representation = settings.curvature_representation
+    if settings.method == "woodfisher":
+        representation = resolve_representation(representation, layout, m, budget_gb)
+    return plan_curvature(
+        layout,
+        representation,
+        m,
+        itemsize=first.element_size(),
+        model_bytes=sum(p.numel() * p.element_size() for p in model.parameters()),
+        budget_gb=budget_gb,
+        method=settings.method,
+        hold_gradients=hold_gradients and settings.method in ("obd", "woodfisher"),
+    )
+
+
+__all__ = ["Plan", "plan"]
