@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wfexplore.distributed import Ranks
+
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -20,6 +22,7 @@ def evaluate_model(
     *,
     loss_fn: LossFn = F.cross_entropy,
     name: str = "eval_data",
+    ranks: Ranks | None = None,
 ) -> dict[str, float]:
     """Mean ``loss`` (``loss_fn`` averaged over examples) and ``accuracy`` in eval mode.
 
@@ -27,7 +30,8 @@ def evaluate_model(
     Examples whose outputs hold NaN or inf make both numbers NaN, with a ``RuntimeWarning``
     naming ``name`` and the count (an argmax over NaN logits is no accuracy); so does a
     non-finite loss. Submodule train/eval modes are restored afterwards; batches move to
-    the model's device.
+    the model's device. With ``ranks`` each rank evaluates its own shard and the totals are
+    summed over the process group (every rank returns the same numbers).
     """
     modes = [(m, m.training) for m in model.modules()]
     device = next(model.parameters()).device
@@ -52,6 +56,10 @@ def evaluate_model(
     finally:
         for module, mode in modes:
             module.training = mode
+    if ranks is not None:
+        sums = ranks.sum_numbers(total, correct, count, non_finite, bad_loss, not classify)
+        total, correct, count, non_finite, bad_loss = sums[0], *map(int, sums[1:5])
+        classify = sums[5] == 0
     if count == 0:
         raise ValueError(
             f"{name}: the loader yielded no examples (it is empty); pass a loader with data"

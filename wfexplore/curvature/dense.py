@@ -206,6 +206,11 @@ class DenseAccumulator:
         for grp in self.groups:
             _accumulate_gram(grp, chunk, self.dtype)
 
+    def combine(self, ranks) -> None:
+        """Σ over the ranks of the process group of every block's GᵀG."""
+        for grp in self.groups:
+            ranks.sum_(grp.matrix)
+
     def finish(self, num_samples: int) -> DenseBlockCurvature:
         for grp in self.groups:
             grp.matrix /= num_samples

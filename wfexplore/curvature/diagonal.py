@@ -61,5 +61,9 @@ class DiagonalAccumulator:
             self.total = torch.zeros(self.layout.dim, dtype=self.dtype, device=chunk.device)
         self.total += (chunk * chunk).sum(0)
 
+    def combine(self, ranks) -> None:
+        """Σ over the ranks of the process group."""
+        ranks.sum_(self.total)
+
     def finish(self, num_samples: int) -> DiagonalCurvature:
         return DiagonalCurvature(self.layout, self.total / num_samples)

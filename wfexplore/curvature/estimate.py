@@ -23,6 +23,7 @@ from wfexplore.curvature.kfac import KFACCurvature
 from wfexplore.curvature.lowrank import GradientStore
 from wfexplore.curvature.plan import auto_representation, default_budget_gb, plan_curvature
 from wfexplore.curvature.woodbury import WoodburyAccumulator
+from wfexplore.distributed import Ranks, model_signature
 from wfexplore.gradients import LossFn, iter_gradient_chunks
 from wfexplore.params import BlockSpec, ParameterLayout
 
@@ -61,13 +62,15 @@ def from_gradients(
     num_samples: int | None = None,
     dtype: torch.dtype = torch.float64,
     max_memory_gb: float = DEFAULT_MAX_MEMORY_GB,
+    ranks: Ranks | None = None,
 ) -> Curvature:
     """M = (1/m) Σ_n g_n g_nᵀ (block-diagonal) from the ``(m, d)`` gradient matrix G or an
     iterable of its ``(c, d)`` row chunks, streamed once.
 
     ``representation``: ``"diagonal"``, ``"dense"``, ``"woodbury"``, ``"lowrank"`` or
     ``"auto"`` (see :func:`resolve_representation`). ``num_samples`` (m, when chunks are
-    given) lets the representations that hold G write it in place.
+    given) lets the representations that hold G write it in place. With ``ranks`` the
+    gradients are this rank's share: sums are all-reduced and held rows all-gathered.
     """
     if isinstance(gradients, torch.Tensor):
         num_samples = gradients.shape[0]
@@ -93,6 +96,9 @@ def from_gradients(
             m += chunk.shape[0]
     if m == 0:
         raise ValueError("gradients: no gradient samples were given")
+    if ranks is not None:
+        sink.combine(ranks)
+        m = int(ranks.sum_numbers(m)[0])
     return sink.finish(m)
 
 
@@ -112,6 +118,8 @@ def estimate_curvature(
     dtype: torch.dtype = torch.float64,
     max_memory_gb: float | None = None,
     progress: bool = True,
+    process_group=None,
+    distributed: bool = True,
 ) -> Curvature:
     """The Fisher M = (1/m) Σ_n g_n g_nᵀ of ``model`` on ``data``, held as ``representation``.
 
@@ -129,6 +137,12 @@ def estimate_curvature(
     The result is undamped: pass λ to its inverse operations, or use ``.damped(λ)``.
     Before any gradient is computed, the plan of the work (:mod:`.plan`) is checked against
     ``max_memory_gb`` (default: a safe share of the free memory of the model's device).
+
+    Under ``torch.distributed`` (an initialised process group, or ``process_group``; opt out
+    with ``distributed=False``) each rank passes its own shard of the data and takes
+    ``num_samples / world_size`` samples from it; the result, the same on every rank, is
+    that of one process given the ranks' samples concatenated in rank order
+    (:mod:`wfexplore.distributed`). ``fisher="true"`` then draws labels with seed + rank.
     """
     one_of(representation, "representation", (*REPRESENTATIONS, "auto"))
     if layout is None:
@@ -150,6 +164,20 @@ def estimate_curvature(
         model_bytes=sum(p.numel() * p.element_size() for p in model.parameters()),
         budget_gb=max_memory_gb,
     ).check()
+    ranks = Ranks.active(distributed, process_group)
+    local = num_samples
+    if ranks is not None:
+        ranks.agree(
+            "estimate_curvature",
+            representation=representation,
+            layout=layout.signature,
+            num_samples=num_samples,
+            batch_size=batch_size,
+            fisher=fisher,
+            model=model_signature(model),
+        )
+        local = ranks.share(num_samples)
+        seed = seed + ranks.rank
     common = {
         "batch_size": batch_size,
         "loss_fn": loss_fn,
@@ -158,8 +186,18 @@ def estimate_curvature(
         "progress": progress,
     }
     if representation == "kfac":
-        return KFACCurvature.from_model(model, data, layout, num_samples, dtype=dtype, **common)
-    chunks = iter_gradient_chunks(model, data, layout, num_samples, **common)
+        return KFACCurvature.from_model(
+            model, data, layout, local, dtype=dtype, ranks=ranks, **common
+        )
+    chunks = iter_gradient_chunks(model, data, layout, local, **common)
     if keep is not None:
         chunks = (chunk * keep.to(chunk) for chunk in chunks)
-    return from_gradients(chunks, layout, representation, dtype=dtype, max_memory_gb=max_memory_gb)
+    return from_gradients(
+        chunks,
+        layout,
+        representation,
+        num_samples=local,
+        dtype=dtype,
+        max_memory_gb=max_memory_gb,
+        ranks=ranks,
+    )

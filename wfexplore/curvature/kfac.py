@@ -273,8 +273,9 @@ def kronecker_factors(
     dtype: torch.dtype = torch.float64,
     chunk_size: int = DEFAULT_CHUNK_EXAMPLES,
     progress: bool = True,
+    ranks=None,
 ) -> list[KroneckerFactors]:
-    """The factors (A, S) of every analysed parameter.
+    """The factors (A, S) of every analysed parameter (summed over ``ranks`` when given).
 
     One forward and one backward pass per chunk of examples on an eval-mode copy: inputs of
     the layers are caught by forward hooks, output gradients by ``torch.autograd.grad`` of
@@ -307,6 +308,8 @@ def kronecker_factors(
     finally:
         bar.close()
         sums.close()
+    if ranks is not None:
+        sums.combine(ranks)
     return sums.factors(layout, batch_size, device)
 
 
@@ -359,6 +362,13 @@ class _FactorSums:
     def close(self) -> None:
         for h in self.handles:
             h.remove()
+
+    def combine(self, ranks) -> None:
+        """Σ over the ranks of the process group (sums and the sample count)."""
+        for name in self.modules:
+            ranks.sum_(self.sums_A[name])
+            ranks.sum_(self.sums_S[name])
+        self.seen = int(ranks.sum_numbers(self.seen)[0])
 
     def factors(self, layout: ParameterLayout, batch_size: int, device) -> list[KroneckerFactors]:
         """A = Σ_A / (m·b) (A = [1] for a bias), S = Σ_S / m; non-finite factors are refused."""

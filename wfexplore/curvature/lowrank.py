@@ -196,7 +196,7 @@ class GradientStore:
         self.rows[self.filled : stop] = chunk
         self.filled = stop
 
-    def matrix(self, num_samples: int) -> torch.Tensor:
+    def matrix(self, num_samples: int | None) -> torch.Tensor:
         if self.rows is None:
             return self.chunks[0] if len(self.chunks) == 1 else torch.cat(self.chunks)
         if self.filled != self.num_samples:
@@ -204,6 +204,11 @@ class GradientStore:
                 f"gradients: {self.filled} rows given but num_samples={self.num_samples}"
             )
         return self.rows
+
+    def combine(self, ranks) -> None:
+        """The ranks' rows, gathered in rank order (every rank then holds all of G)."""
+        local = self.matrix(None)
+        self.chunks, self.rows, self.num_samples = [ranks.gather_rows(local)], None, None
 
     def finish(self, num_samples: int) -> LowRankCurvature:
         return LowRankCurvature(self.layout, self.matrix(num_samples), dtype=self.dtype)

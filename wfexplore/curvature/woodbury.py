@@ -66,6 +66,10 @@ class WoodburyAccumulator(DenseAccumulator):
         super().add(chunk)
         self.store.add(chunk)
 
+    def combine(self, ranks) -> None:
+        super().combine(ranks)
+        self.store.combine(ranks)
+
     def finish(self, num_samples: int) -> WoodburyCurvature:
         dense = super().finish(num_samples)
         return WoodburyCurvature(self.layout, dense.groups, self.store.matrix(num_samples))

@@ -191,6 +191,8 @@ def method_curvature(
     dtype: torch.dtype = torch.float64,
     max_memory_gb: float | None = None,
     progress: bool = False,
+    process_group=None,
+    distributed: bool = True,
 ) -> DampedCurvature:
     """C = M + λI of ``settings.method`` for ``model`` on ``examples``.
 
@@ -211,6 +213,8 @@ def method_curvature(
         dtype=dtype,
         max_memory_gb=max_memory_gb,
         progress=progress,
+        process_group=process_group,
+        distributed=distributed,
     )
     return curvature.damped(settings.curvature_damping, relative=settings.relative_damping)
 

@@ -28,6 +28,7 @@ from wfexplore.curvature.base import (
     check_same_layout,
 )
 from wfexplore.curvature.plan import Plan, default_budget_gb
+from wfexplore.distributed import Ranks
 from wfexplore.gradients import LossFn
 from wfexplore.params import ParameterLayout
 from wfexplore.pruning.estimation import (
@@ -94,7 +95,10 @@ class RunOptions:
     budget the plan is checked against before any gradient (default: a safe share of the
     free memory of the model's device); ``per_layer_actual`` measures each layer's own loss change;
     ``recalibrate_bn`` re-estimates BatchNorm statistics on ``data`` after pruning (over
-    ``bn_batches`` batches, default all).
+    ``bn_batches`` batches, default all). Under ``torch.distributed`` the work runs over the
+    initialised process group (or ``process_group``; ``distributed=False`` opts out): each
+    rank passes its own data shard and ends with the same masks and weights
+    (:mod:`wfexplore.distributed`).
     """
 
     names: Sequence[str] | None = None
@@ -105,6 +109,8 @@ class RunOptions:
     recalibrate_bn: bool = False
     bn_batches: int | None = None
     progress: bool = True
+    distributed: bool = True
+    process_group: Any = None
 
     def __post_init__(self) -> None:
         if isinstance(self.names, str):
@@ -116,6 +122,17 @@ class RunOptions:
 
     def layout(self, model: nn.Module, settings: PruningSettings) -> ParameterLayout:
         return settings.layout(model, self.names, self.pattern)
+
+    def ranks(self) -> Ranks | None:
+        """The ranks taking part, or None for this process alone."""
+        return Ranks.active(self.distributed, self.process_group)
+
+    def share(self, settings: PruningSettings) -> int:
+        """The examples this rank takes from its shard: m·b, or m·b / world_size."""
+        ranks = self.ranks()
+        if ranks is None:
+            return settings.examples_needed
+        return ranks.share(settings.num_samples) * settings.batch_size
 
     def with_budget(self, model: nn.Module) -> RunOptions:
         """These options with ``max_memory_gb`` set (the default budget of the model's device)."""
@@ -215,11 +232,21 @@ def prune_model(
     options = options.with_budget(model)
     how = resolve_method(method)
     check_sparsity_argument(sparsity, schedule.scope)
+    ranks = options.ranks()
+    if ranks is not None:
+        ranks.agree(
+            "prune_model",
+            method=how.describe() if isinstance(how, PruningSettings) else how.kind,
+            sparsity=sparsity,
+            schedule=schedule,
+            names=options.names,
+            pattern=options.pattern,
+        )
     checked = None
     if isinstance(how, PruningSettings):
         checked = options.plan(model, how).check()
         layout = options.layout(model, how)
-        examples = take_examples(data, how.examples_needed) if how.needs_data else None
+        examples = take_examples(data, options.share(how)) if how.needs_data else None
         settings = how
 
         def provider(step, work, keep):
@@ -232,6 +259,8 @@ def prune_model(
                 loss_fn=options.loss_fn,
                 max_memory_gb=options.max_memory_gb,
                 progress=options.progress,
+                process_group=options.process_group,
+                distributed=options.distributed,
             )
             return curvature, None
 
@@ -414,9 +443,9 @@ def run_pruning(
 
 def _evaluate(model, work, layout, eval_data, options: RunOptions, summary, layers) -> None:
     """Loss and accuracy before and after into ``summary``; each layer's own loss change."""
-    loss_fn = options.loss_fn
-    dense = evaluate_model(private_copy(model), eval_data, loss_fn=loss_fn)
-    after = evaluate_model(work, eval_data, loss_fn=loss_fn)
+    loss_fn, ranks = options.loss_fn, options.ranks()
+    dense = evaluate_model(private_copy(model), eval_data, loss_fn=loss_fn, ranks=ranks)
+    after = evaluate_model(work, eval_data, loss_fn=loss_fn, ranks=ranks)
     summary.update(
         dense_loss=dense["loss"],
         dense_accuracy=dense["accuracy"],
@@ -426,7 +455,7 @@ def _evaluate(model, work, layout, eval_data, options: RunOptions, summary, laye
     )
     if options.per_layer_actual:
         layers["actual_delta_loss"] = _per_layer_actual(
-            model, work, layout, eval_data, loss_fn, dense["loss"]
+            model, work, layout, eval_data, loss_fn, dense["loss"], ranks
         )
 
 
@@ -482,7 +511,7 @@ def _layer_table(layout, pruned, initially, contributions) -> pd.DataFrame:
 
 
 @torch.no_grad()
-def _per_layer_actual(model, work, layout, data, loss_fn, dense_loss) -> list[float]:
+def _per_layer_actual(model, work, layout, data, loss_fn, dense_loss, ranks=None) -> list[float]:
     """Loss change when only one layer's final weights replace the dense ones."""
     probe = private_copy(model)
     probe_params = dict(probe.named_parameters())
@@ -491,6 +520,6 @@ def _per_layer_actual(model, work, layout, data, loss_fn, dense_loss) -> list[fl
     for p in layout.parameters:
         original = probe_params[p.name].detach().clone()
         probe_params[p.name].copy_(final[p.name])
-        out.append(evaluate_model(probe, data, loss_fn=loss_fn)["loss"] - dense_loss)
+        out.append(evaluate_model(probe, data, loss_fn=loss_fn, ranks=ranks)["loss"] - dense_loss)
         probe_params[p.name].copy_(original)
     return out

@@ -1,0 +1,112 @@
+"""torch.distributed: two gloo processes on CPU give what one process gives on their samples
+concatenated in rank order; ranks that disagree get an error each, never a hang."""
+
+import datetime
+import pickle
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.utils.data import DataLoader, TensorDataset
+
+from tests.conftest import make_mlp
+from wfexplore.curvature import estimate_curvature
+from wfexplore.params import ParameterLayout
+from wfexplore.pruning import PruningSettings, prune_model
+
+WORLD = 2
+PER_RANK = 24
+TIMEOUT = datetime.timedelta(seconds=60)
+
+
+def shards():
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(WORLD * PER_RANK, 6, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (WORLD * PER_RANK,), generator=g)
+    return [
+        (x[r * PER_RANK : (r + 1) * PER_RANK], y[r * PER_RANK : (r + 1) * PER_RANK])
+        for r in range(WORLD)
+    ], (x, y)
+
+
+def loader(x, y):
+    return DataLoader(TensorDataset(x, y), batch_size=8)
+
+
+def compute(model, data, num_samples):
+    """What each rank (or the single process) computes."""
+    out = {}
+    for representation in ("diagonal", "dense", "woodbury", "lowrank", "kfac"):
+        block = "layer" if representation == "kfac" else 7
+        layout = ParameterLayout.from_model(model, block_size=block)
+        curv = estimate_curvature(
+            model, data, representation=representation, layout=layout,
+            num_samples=num_samples, progress=False,
+        )  # fmt: skip
+        out[representation] = curv.inverse_diag(1e-3)
+    settings = PruningSettings("woodfisher", damping=1e-3, num_samples=num_samples, block_size=7)
+    result = prune_model(model, settings, 0.5, data=data, progress=False)
+    out["masks"] = result.masks
+    out["weights"] = {n: p.detach().clone() for n, p in result.model.named_parameters()}
+    out["accuracy"] = result.summary["accuracy"]
+    out["loss"] = result.summary["loss"]
+    return out
+
+
+def _rank(rank, folder, scenario):
+    try:
+        dist.init_process_group(
+            "gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=WORLD,
+            timeout=TIMEOUT,
+        )  # fmt: skip
+        (parts, _) = shards()
+        data = loader(*parts[rank])
+        model = make_mlp()
+        if scenario == "same":
+            result = compute(model, data, WORLD * PER_RANK)
+        else:  # rank 1 asks for other settings
+            m = WORLD * PER_RANK if rank == 0 else WORLD * PER_RANK // 2
+            result = estimate_curvature(model, data, num_samples=m, progress=False)
+        (Path(folder) / f"rank{rank}.pkl").write_bytes(pickle.dumps(("ok", result)))
+    except Exception as err:  # noqa: BLE001 - reported to the test through the file
+        text = f"{type(err).__name__}: {err}\n{traceback.format_exc()}"
+        (Path(folder) / f"rank{rank}.pkl").write_bytes(pickle.dumps(("error", text)))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run(tmp_path, scenario):
+    mp.start_processes(_rank, args=(str(tmp_path), scenario), nprocs=WORLD, start_method="spawn")
+    return [pickle.loads((tmp_path / f"rank{r}.pkl").read_bytes()) for r in range(WORLD)]
+
+
+@pytest.mark.slow
+def test_two_ranks_equal_one_process_on_the_concatenated_samples(tmp_path):
+    results = run(tmp_path, "same")
+    for status, value in results:
+        assert status == "ok", value
+    _, (x, y) = shards()
+    single = compute(make_mlp(), loader(x, y), WORLD * PER_RANK)
+    for _, ranked in results:
+        for representation in ("diagonal", "dense", "woodbury", "lowrank", "kfac"):
+            torch.testing.assert_close(
+                ranked[representation], single[representation], rtol=1e-10, atol=0
+            )
+        for name, mask in single["masks"].items():
+            assert torch.equal(ranked["masks"][name], mask), name
+        for name, w in single["weights"].items():
+            torch.testing.assert_close(ranked["weights"][name], w, rtol=1e-10, atol=1e-14)
+        assert ranked["accuracy"] == pytest.approx(single["accuracy"], abs=1e-12)
+        assert ranked["loss"] == pytest.approx(single["loss"], rel=1e-10)
+
+
+@pytest.mark.slow
+def test_ranks_that_disagree_get_a_clear_error_each(tmp_path):
+    results = run(tmp_path, "disagree")
+    for status, value in results:
+        assert status == "error"
+        assert "ranks of the process group were given different settings" in value
