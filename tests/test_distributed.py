@@ -6,6 +6,7 @@ import pickle
 import traceback
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import torch.distributed as dist
@@ -15,7 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tests.conftest import make_mlp
 from wfexplore.curvature import estimate_curvature
 from wfexplore.params import ParameterLayout
-from wfexplore.pruning import PruningSettings, prune_model
+from wfexplore.pruning import PruningSettings, layer_sensitivity, prune_model, sweep
 
 WORLD = 2
 PER_RANK = 24
@@ -53,6 +54,12 @@ def compute(model, data, num_samples):
     out["weights"] = {n: p.detach().clone() for n, p in result.model.named_parameters()}
     out["accuracy"] = result.summary["accuracy"]
     out["loss"] = result.summary["loss"]
+    frame = sweep(model, data, methods=["obd", "woodfisher", "kfac"], sparsities=[0.5],
+                  dampings=[1e-3], num_samples=[num_samples], block_sizes=[7], cache=False,
+                  progress=False)  # fmt: skip
+    out["sweep"] = frame[["method", "accuracy", "loss", "predicted_delta_loss"]]
+    table = layer_sensitivity(model, settings, data, sparsities=[0.5], progress=False)
+    out["sensitivity"] = table[["predicted_delta_loss", "actual_delta_loss"]]
     return out
 
 
@@ -102,6 +109,8 @@ def test_two_ranks_equal_one_process_on_the_concatenated_samples(tmp_path):
             torch.testing.assert_close(ranked["weights"][name], w, rtol=1e-10, atol=1e-14)
         assert ranked["accuracy"] == pytest.approx(single["accuracy"], abs=1e-12)
         assert ranked["loss"] == pytest.approx(single["loss"], rel=1e-10)
+        for table in ("sweep", "sensitivity"):
+            pd.testing.assert_frame_equal(ranked[table], single[table], rtol=1e-9, atol=1e-14)
 
 
 @pytest.mark.slow

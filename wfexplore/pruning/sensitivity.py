@@ -51,7 +51,7 @@ def curvature_for(
         return how, ready_curvature_layout(model, how, options)
     options.plan(model, how).check()
     layout = options.layout(model, how)
-    examples = take_examples(data, how.examples_needed) if how.needs_data else None
+    examples = take_examples(data, options.share(how)) if how.needs_data else None
     curvature = method_curvature(
         model,
         examples,
@@ -60,6 +60,8 @@ def curvature_for(
         loss_fn=options.loss_fn,
         max_memory_gb=options.max_memory_gb,
         progress=options.progress,
+        process_group=options.process_group,
+        distributed=options.distributed,
     )
     return curvature, layout
 
@@ -108,7 +110,8 @@ def layer_sensitivity(
     inverse_diag = curvature.inverse_diag()
     scores = obs_saliency(w, inverse_diag)
     fixed = w == 0
-    dense = evaluate_model(probe, eval_data, loss_fn=options.loss_fn)
+    ranks = options.ranks()
+    dense = evaluate_model(probe, eval_data, loss_fn=options.loss_fn, ranks=ranks)
     rows = []
     total = len(layout.parameters) * len(grid)
     bar = tqdm(total=total, desc="sensitivity", disable=not options.progress)
@@ -124,7 +127,7 @@ def layer_sensitivity(
                 max_memory_gb=options.max_memory_gb,
             )
             write_weights(params, layout, change.weights)
-            after = evaluate_model(probe, eval_data, loss_fn=options.loss_fn)
+            after = evaluate_model(probe, eval_data, loss_fn=options.loss_fn, ranks=ranks)
             fresh = pruned & ~fixed
             rows.append(
                 {

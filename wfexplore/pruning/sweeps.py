@@ -189,7 +189,11 @@ class _SweepRun:
         self.schedule, self.options, self.keep_masks = schedule, options, keep_masks
         self.settings = grid.settings(base)
         self.evals = _eval_sets(eval_data if eval_data is not None else data)
-        needed = max(s.examples_needed for s in self.settings)
+        self.ranks = options.ranks()
+        if self.ranks is not None:
+            self.ranks.agree("sweep", grid=grid, base=base, schedule=schedule,
+                             names=options.names, pattern=options.pattern)  # fmt: skip
+        needed = max(options.share(s) if s.needs_data else 0 for s in self.settings)
         self.examples = take_examples(data, needed) if needed else []
         self.base_layout = model_layout(model, options.names, options.pattern, "layer")
         self.folder = None
@@ -241,7 +245,9 @@ class _SweepRun:
         dense_copy = private_copy(self.model)
         loss_fn = self.options.loss_fn
         self.dense = {
-            name: evaluate_model(dense_copy, loader, loss_fn=loss_fn, name="eval_data")
+            name: evaluate_model(
+                dense_copy, loader, loss_fn=loss_fn, name="eval_data", ranks=self.ranks
+            )
             for name, loader in self.evals.items()
         }
         del dense_copy
@@ -291,6 +297,8 @@ class _SweepRun:
                 keep=keep,
                 loss_fn=options.loss_fn,
                 max_memory_gb=options.max_memory_gb,
+                process_group=options.process_group,
+                distributed=options.distributed,
             ), None
 
         for point, key in pending:
@@ -315,8 +323,9 @@ class _SweepRun:
         row["curvature"] = result.steps["curvature"].iloc[0]
         for name, loader in self.evals.items():
             after = evaluate_model(
-                result.model, loader, loss_fn=self.options.loss_fn, name="eval_data"
-            )
+                result.model, loader, loss_fn=self.options.loss_fn, name="eval_data",
+                ranks=self.ranks,
+            )  # fmt: skip
             row.update(_metrics(name, after, self.dense[name], len(self.evals) > 1))
         row.update(curvature_s=curvature_s, prune_s=prune_s)
         masks = _pruned_masks(self.model, result) if self.keep_masks else {}
@@ -406,13 +415,18 @@ class _SharedWork:
                 representation="kfac",
                 layout=layout,
                 num_samples=settings.num_samples,
+                process_group=self.options.process_group,
+                distributed=self.options.distributed,
                 **common,
             )
         key = settings.gradient_key
         if key not in self.gradients:
-            self.gradients[key] = gradient_samples(
-                self.model, self.examples, self.layout, settings.num_samples, **common
-            )
+            ranks = self.options.ranks()
+            local = ranks.share(settings.num_samples) if ranks else settings.num_samples
+            if ranks is not None:
+                common["seed"] = settings.seed + ranks.rank
+            rows = gradient_samples(self.model, self.examples, self.layout, local, **common)
+            self.gradients[key] = rows if ranks is None else ranks.gather_rows(rows)
         return from_gradients(
             self.gradients[key],
             layout,
