@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 import wfexplore
 from wfexplore.curvature import estimate_curvature
@@ -67,12 +68,13 @@ def test_auto_takes_what_fits_when_the_cheaper_does_not():
 
 
 class Untouchable:
-    """A loader that fails the test if anything reads it."""
+    """A loader whose first batch may be looked at (to size activations) but no more."""
 
     dataset = list(range(10_000))
 
     def __iter__(self):
-        raise AssertionError("the data was read before the plan was checked")
+        yield torch.randn(4, 6, dtype=torch.float64), torch.zeros(4, dtype=torch.long)
+        raise AssertionError("the data was read past its first batch before the plan")
 
 
 def test_a_plan_over_the_budget_is_refused_before_any_gradient(mlp):

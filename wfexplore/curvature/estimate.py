@@ -15,13 +15,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from wfexplore._checks import one_of, positive_int
+from wfexplore.copies import private_copy
 from wfexplore.curvature.base import Curvature
 from wfexplore.curvature.dense import DEFAULT_MAX_MEMORY_GB, DenseAccumulator, dense_memory_bytes
 from wfexplore.curvature.diagonal import DiagonalAccumulator
 from wfexplore.curvature.identity import IdentityCurvature
 from wfexplore.curvature.kfac import KFACCurvature
 from wfexplore.curvature.lowrank import GradientStore
-from wfexplore.curvature.plan import auto_representation, default_budget_gb, plan_curvature
+from wfexplore.curvature.plan import (
+    activation_bytes_of,
+    auto_representation,
+    default_budget_gb,
+    first_input,
+    plan_curvature,
+)
 from wfexplore.curvature.woodbury import WoodburyAccumulator
 from wfexplore.distributed import Ranks, model_signature
 from wfexplore.gradients import LossFn, iter_gradient_chunks
@@ -163,6 +170,8 @@ def estimate_curvature(
         itemsize=first.element_size(),
         model_bytes=sum(p.numel() * p.element_size() for p in model.parameters()),
         budget_gb=max_memory_gb,
+        activation_bytes=_activations(model, data),
+        batch_size=batch_size,
     ).check()
     ranks = Ranks.active(distributed, process_group)
     local = num_samples
@@ -201,3 +210,8 @@ def estimate_curvature(
         max_memory_gb=max_memory_gb,
         ranks=ranks,
     )
+
+
+def _activations(model: nn.Module, data) -> int:
+    first = first_input(data)
+    return 0 if first is None else activation_bytes_of(private_copy(model), first)

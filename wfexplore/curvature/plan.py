@@ -41,6 +41,9 @@ MODEL_COPIES = 4
 """Private copies of the model a run may hold at once (gradients, the pruned copy, the dense
 model for evaluation, a probe for per-layer losses)."""
 VECTORS = 8
+ACTIVATION_COPIES = 3
+"""Activations a per-example backward pass keeps per example: outputs, their gradients, and
+the work space of the vmapped products."""
 """d-long float64 vectors a pruning step holds (w, diag C⁻¹, scores, δw, C δw, masks…)."""
 
 FLOAT64 = 8
@@ -194,17 +197,23 @@ def plan_curvature(
     budget_gb: float,
     method: str | None = None,
     hold_gradients: bool = False,
+    activation_bytes: int = 0,
+    batch_size: int = 1,
 ) -> Plan:
     """The plan of one curvature on ``layout``: per-layer bytes and flops, and the peak of a
     run that holds it (``model_bytes`` of parameters, copied ``MODEL_COPIES`` times; one chunk
     of per-example gradients of ``itemsize``-byte entries; the float64 d-vectors).
-    ``hold_gradients``: G is held whatever the representation (a sweep shares it)."""
+    ``hold_gradients``: G is held whatever the representation (a sweep shares it).
+    ``activation_bytes`` (of one example, see :func:`activation_bytes_of`) counts what the
+    per-example gradients of one chunk keep alive (``ACTIVATION_COPIES`` per example)."""
     m = num_samples
     layers = pd.DataFrame(_layer_rows(layout, representation, m, itemsize, hold_gradients))
     chunk = 0
     if m:
         per_chunk = max(1, min(256, DEFAULT_CHUNK_BYTES // (layout.dim * itemsize)))
+        examples = min(per_chunk, m) * batch_size
         chunk = 2 * min(per_chunk, m) * layout.dim * itemsize
+        chunk += ACTIVATION_COPIES * examples * activation_bytes
     fixed = MODEL_COPIES * model_bytes + chunk + VECTORS * FLOAT64 * layout.dim
     fixed += buffer_bytes(representation, layout, m)
     peak = fixed + int(layers["gradient_bytes"].sum() + layers["curvature_bytes"].sum())
@@ -246,3 +255,41 @@ def _layer_rows(
 
 def _gb(n: int, unit: bool = True) -> str:
     return f"{n / 2**30:.3g}" + (" GB" if unit else "")
+
+
+def activation_bytes_of(model: torch.nn.Module, example: torch.Tensor) -> int:
+    """Bytes of every leaf module's output for one example (a forward pass without grad on
+    ``example[:1]``, hooks removed afterwards)."""
+    total = 0
+
+    def count(module, inputs, output):
+        nonlocal total
+        outputs = output if isinstance(output, tuple | list) else (output,)
+        total += sum(o.numel() * o.element_size() for o in outputs if isinstance(o, torch.Tensor))
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(count) for m in leaves]
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example[:1].to(next(model.parameters()).device))
+    finally:
+        for h in handles:
+            h.remove()
+        for m, mode in modes:
+            m.training = mode
+    return total
+
+
+def first_input(data) -> torch.Tensor | None:
+    """The inputs of the first batch of ``data`` (a tensor is its own input), or None for a
+    one-shot iterator (which is not read here) or a batch without tensor inputs."""
+    if data is None or isinstance(data, torch.Tensor):
+        return data
+    if iter(data) is data:
+        return None
+    batch = next(iter(data), None)
+    if isinstance(batch, tuple | list) and batch and isinstance(batch[0], torch.Tensor):
+        return batch[0]
+    return None

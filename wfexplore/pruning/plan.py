@@ -13,8 +13,15 @@ from __future__ import annotations
 
 from torch import nn
 
+from wfexplore.copies import private_copy
 from wfexplore.curvature.estimate import resolve_representation
-from wfexplore.curvature.plan import Plan, default_budget_gb, plan_curvature
+from wfexplore.curvature.plan import (
+    Plan,
+    activation_bytes_of,
+    default_budget_gb,
+    first_input,
+    plan_curvature,
+)
 from wfexplore.params import ParameterLayout
 from wfexplore.pruning.estimation import PruningSettings
 
@@ -28,12 +35,15 @@ def plan(
     layout: ParameterLayout | None = None,
     max_memory_gb: float | None = None,
     hold_gradients: bool = False,
+    example=None,
 ) -> Plan:
     """The plan of pruning ``model`` with ``settings`` (a method name or PruningSettings).
 
     ``max_memory_gb`` defaults to a safe share of the free memory of the model's device
     (:func:`~wfexplore.curvature.plan.default_budget_gb`); ``layout`` (default: the
     settings' layout of ``names``/``pattern``) fixes the analysed weights and blocks.
+    ``example`` (an input batch, or a loader whose first batch is used) sizes the
+    activations of the per-example backward passes.
     """
     if isinstance(settings, str):
         settings = PruningSettings(settings)
@@ -53,7 +63,13 @@ def plan(
         budget_gb=budget_gb,
         method=settings.method,
         hold_gradients=hold_gradients and settings.method in ("obd", "woodfisher"),
+        activation_bytes=_activations(model, example) if m else 0,
+        batch_size=settings.batch_size,
     )
 
 
-__all__ = ["Plan", "plan"]
+def _activations(model: nn.Module, example) -> int:
+    """Activation bytes of one example of ``example`` (a tensor, or the first batch of a
+    loader that can be read again); 0 when there is none to look at."""
+    first = first_input(example)
+    return 0 if first is None else activation_bytes_of(private_copy(model), first)

@@ -244,7 +244,7 @@ def prune_model(
         )
     checked = None
     if isinstance(how, PruningSettings):
-        checked = options.plan(model, how).check()
+        checked = options.plan(model, how, example=data).check()
         layout = options.layout(model, how)
         examples = take_examples(data, options.share(how)) if how.needs_data else None
         settings = how

@@ -173,7 +173,7 @@ def sweep(
         raise ValueError("recalibrate_bn=True needs data=<loader>")
     options = options.with_budget(model)
     for settings in grid.settings(base):  # before any gradient: G is shared, so it is held
-        options.plan(model, settings, hold_gradients=True).check()
+        options.plan(model, settings, hold_gradients=True, example=data).check()
     if data is not None:
         check_reusable(data, "data")  # fingerprinted, then read for the curvature
     run = _SweepRun(model, data, eval_data, grid, base, schedule, options, keep_masks)
