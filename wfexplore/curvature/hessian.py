@@ -4,6 +4,13 @@ L(w) = (1/N) Σ_i ℓ(f(x_i; w), y_i) over the first N examples of the data. Col
 block is the Hessian-vector product H e_j (forward-over-reverse with ``torch.func``,
 vmapped over chunks of basis vectors), restricted to the block's rows. The model is
 copied and evaluated in eval mode, in float64 by default.
+
+Where torch cannot run forward-over-reverse (``F.mse_loss`` raises "ZeroTensors are
+immutable"; CPU flash attention, as in ``nn.MultiheadAttention``, has no forward-mode
+derivative), the columns are computed by reverse-over-reverse instead (``vjp`` of ``grad``,
+vmapped, else a loop over basis vectors), with a ``RuntimeWarning`` that names the cause.
+The fallback runs scaled-dot-product attention on its math backend, the one backend with
+derivatives of every order (the flash kernel's backward has no derivative either).
 """
 
 from __future__ import annotations
@@ -15,7 +22,8 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad, jvp, vmap
+from torch.func import functional_call, grad, jvp, vjp, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
 from wfexplore._checks import positive_int
@@ -81,22 +89,83 @@ def hessian_blocks(
         (x.to(device=device, dtype=dtype if x.is_floating_point() else x.dtype), y.to(device))
         for x, y in take_examples(data, num_examples)
     ]
-    total = sum(x.shape[0] for x, _ in batches)
-
-    def hvp(v: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros_like(v)
-        for x, y in batches:
-            grad_here = partial(grad(loss_of), x=x, y=y)
-            out += jvp(grad_here, (w0,), (v,))[1] * (x.shape[0] / total)
-        return out
-
+    columns = _HessianColumns(loss_of, w0, batches)
     groups = group_blocks(layout, device)
     with warnings.catch_warnings():
         # torch loads its forward-mode decompositions through the deprecated torch.jit.script
         warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
-        _fill_blocks(groups, hvp, layout, dtype, device, basis_chunk, progress)
+        _fill_blocks(groups, columns, layout, dtype, device, basis_chunk, progress)
     _check_finite_blocks(groups, layout)
     return DenseBlockCurvature(layout, groups, kind="hessian", requires_damping=False)
+
+
+class _HessianColumns:
+    """Maps a ``(k, d)`` chunk of vectors v to the ``(k, d)`` products H v of the mean loss.
+
+    Forward-over-reverse (``jvp`` of ``grad``), vmapped, is the fast path. The first chunk it
+    fails on switches to reverse-over-reverse for the rest of the run: ``vjp`` of ``grad``,
+    linearised once per batch and chunk and vmapped over the chunk, else a loop over its
+    vectors where vmap cannot run it; one ``RuntimeWarning`` names the cause and the path.
+    """
+
+    def __init__(self, loss_of, w0: torch.Tensor, batches: list) -> None:
+        self.loss_of, self.w0, self.batches = loss_of, w0, batches
+        self.total = sum(x.shape[0] for x, _ in batches)
+        self.mode = "forward"
+
+    def __call__(self, basis: torch.Tensor) -> torch.Tensor:
+        if self.mode == "forward":
+            try:
+                return vmap(self._forward)(basis)
+            except torch.OutOfMemoryError:
+                raise  # reverse mode needs more memory, not less
+            except Exception as error:  # noqa: BLE001 - any failure falls back to reverse mode
+                return self._fall_back(basis, error)
+        with sdpa_kernel(SDPBackend.MATH):
+            return self._reverse(basis, batched=self.mode == "reverse")
+
+    def _forward(self, v: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(v)
+        for x, y in self.batches:
+            grad_here = partial(grad(self.loss_of), x=x, y=y)
+            out += jvp(grad_here, (self.w0,), (v,))[1] * (x.shape[0] / self.total)
+        return out
+
+    def _reverse(self, basis: torch.Tensor, batched: bool) -> torch.Tensor:
+        out = torch.zeros_like(basis)
+        for x, y in self.batches:
+            _, pullback = vjp(partial(grad(self.loss_of), x=x, y=y), self.w0)
+            if batched:
+                part = vmap(pullback)(basis)[0]
+            else:
+                part = torch.stack([pullback(v)[0] for v in basis])
+            out += part * (x.shape[0] / self.total)
+        return out
+
+    def _fall_back(self, basis: torch.Tensor, error: Exception) -> torch.Tensor:
+        cause = f"{type(error).__name__}: {_first_line(error)}"
+        with sdpa_kernel(SDPBackend.MATH):
+            try:
+                out, self.mode, path = self._reverse(basis, batched=True), "reverse", "vmapped"
+            except Exception as vmap_error:  # noqa: BLE001 - vmap failures fall back to a loop
+                out, self.mode = self._reverse(basis, batched=False), "reverse-loop"
+                path = (
+                    f"a Python loop over basis vectors, since vmap cannot run them either "
+                    f"({type(vmap_error).__name__}: {_first_line(vmap_error)})"
+                )
+        warnings.warn(
+            f"forward-over-reverse Hessian-vector products fail for this model and loss "
+            f"({cause}); computing Hessian columns by reverse-over-reverse ({path}; attention on "
+            "its math backend), slower",
+            RuntimeWarning,
+            stacklevel=5,
+        )
+        return out
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else "no message"
 
 
 def _check_finite_blocks(groups, layout: ParameterLayout) -> None:
@@ -113,8 +182,9 @@ def _check_finite_blocks(groups, layout: ParameterLayout) -> None:
         )
 
 
-def _fill_blocks(groups, hvp, layout, dtype, device, basis_chunk: int, progress: bool) -> None:
-    """Set each group's ``matrix`` to its blocks H_BB, from Hessian-vector products H e_j.
+def _fill_blocks(groups, columns, layout, dtype, device, basis_chunk: int, progress: bool) -> None:
+    """Set each group's ``matrix`` to its blocks H_BB, from Hessian-vector products H e_j
+    (``columns`` maps a ``(k, d)`` chunk of basis vectors to their ``(k, d)`` products).
 
     Columns of all blocks of a group are batched together: column j of block k is
     (H e_j) restricted to the rows of block k.
@@ -129,8 +199,8 @@ def _fill_blocks(groups, hvp, layout, dtype, device, basis_chunk: int, progress:
             block, col = pairs // s, pairs % s
             basis = torch.zeros(len(pairs), layout.dim, dtype=dtype, device=device)
             basis[torch.arange(len(pairs), device=device), flat[pairs]] = 1.0
-            columns = vmap(hvp)(basis)  # (k, d)
-            grp.matrix[block, :, col] = columns.gather(1, grp.index[block])
+            products = columns(basis)  # (k, d)
+            grp.matrix[block, :, col] = products.gather(1, grp.index[block])
             bar.update(len(pairs))
         grp.matrix = (grp.matrix + grp.matrix.transpose(1, 2)) / 2
     bar.close()
