@@ -56,6 +56,11 @@ class Curvature(ABC):
         return 0.0
 
     @property
+    def device(self) -> torch.device:
+        """Where the representation's tensors are (and its results are made)."""
+        return torch.device("cpu")
+
+    @property
     def undamped(self) -> Curvature:
         """The matrix M itself."""
         return self
@@ -75,7 +80,7 @@ class Curvature(ABC):
 
     def block(self, index: int) -> torch.Tensor:
         """Dense block ``index`` of M."""
-        return self.columns(index, torch.arange(self.layout.blocks[index].size))
+        return self.columns(index, torch.arange(self.layout.blocks[index].size, device=self.device))
 
     # --- inverse, of C = M + λI ----------------------------------------------------------------
     def inverse_diag(self, damping: float) -> torch.Tensor:
@@ -111,7 +116,7 @@ class Curvature(ABC):
 
     def _inverse_block(self, index: int, damping: float) -> torch.Tensor:
         size = self.layout.blocks[index].size
-        return self._inverse_columns(index, torch.arange(size), damping)
+        return self._inverse_columns(index, torch.arange(size, device=self.device), damping)
 
     def _inverse_blocks(self, blocks: Sequence[int], damping: float) -> torch.Tensor:
         return torch.stack([self._inverse_block(i, damping) for i in blocks])

@@ -95,6 +95,10 @@ class DenseBlockCurvature(Curvature):
         self._where = {b: (g, k) for g, grp in enumerate(groups) for k, b in enumerate(grp.blocks)}
         self._inverses: dict[float, list[torch.Tensor]] = {}
 
+    @property
+    def device(self) -> torch.device:
+        return self.groups[0].matrix.device
+
     # --- forward ---------------------------------------------------------------------------
     def diag(self) -> torch.Tensor:
         return self._scatter([grp.matrix.diagonal(dim1=1, dim2=2) for grp in self.groups])

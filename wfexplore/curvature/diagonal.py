@@ -22,6 +22,10 @@ class DiagonalCurvature(Curvature):
         #: a zero (or negative) entry makes M singular: inverses then need λ > 0
         self.requires_damping = not bool((values > 0).all())
 
+    @property
+    def device(self) -> torch.device:
+        return self.values.device
+
     def diag(self) -> torch.Tensor:
         return self.values
 
@@ -29,7 +33,7 @@ class DiagonalCurvature(Curvature):
         return self.values * vector.to(self.values)
 
     def columns(self, block: int, positions: Positions) -> torch.Tensor:
-        return torch.diag_embed(self._block_values(block))[:, torch.as_tensor(positions)]
+        return torch.diag_embed(self._block_values(block))[:, self._positions(positions)]
 
     def _inverse_diag(self, damping: float) -> torch.Tensor:
         return 1.0 / (self.values + damping)
@@ -39,10 +43,13 @@ class DiagonalCurvature(Curvature):
 
     def _inverse_columns(self, block: int, positions: Positions, damping: float) -> torch.Tensor:
         inverse = 1.0 / (self._block_values(block) + damping)
-        return torch.diag_embed(inverse)[:, torch.as_tensor(positions)]
+        return torch.diag_embed(inverse)[:, self._positions(positions)]
 
     def memory_bytes(self) -> int:
         return self.values.numel() * self.values.element_size()
+
+    def _positions(self, positions) -> torch.Tensor:
+        return torch.as_tensor(positions, dtype=torch.long, device=self.values.device)
 
     def _block_values(self, index: int) -> torch.Tensor:
         b = self.layout.blocks[index]

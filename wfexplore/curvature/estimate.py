@@ -157,7 +157,7 @@ def estimate_curvature(
             block_size = "layer" if representation == "kfac" else 128
         layout = ParameterLayout.from_model(model, block_size=block_size)
     if representation == "identity":
-        return IdentityCurvature(layout, dtype)
+        return IdentityCurvature(layout, dtype, next(model.parameters()).device)
     positive_int(num_samples, "num_samples", "e.g. num_samples=256")
     first = next(model.parameters())
     if max_memory_gb is None:

@@ -124,6 +124,10 @@ class KFACCurvature(Curvature):
         """
         return cls(layout, kronecker_factors(model, data, layout, num_samples, **options))
 
+    @property
+    def device(self) -> torch.device:
+        return self.factors[0].A.device
+
     # --- forward ---------------------------------------------------------------------------
     def diag(self) -> torch.Tensor:
         return torch.cat(

@@ -56,6 +56,10 @@ class LowRankCurvature(Curvature):
         ]
         self._factors: dict[float, list[torch.Tensor]] = {}
 
+    @property
+    def device(self) -> torch.device:
+        return self.gradients.device
+
     # --- forward ---------------------------------------------------------------------------
     def diag(self) -> torch.Tensor:
         out = torch.empty(self.dim, dtype=self.dtype, device=self.gradients.device)

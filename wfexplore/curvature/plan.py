@@ -171,16 +171,17 @@ class Plan:
         return self
 
     def suggestions(self) -> str:
-        """Settings that would fit: fewer samples, or another representation."""
+        """Settings that would fit: fewer samples, fewer or smaller blocks, low-rank blocks."""
         out = []
-        per_sample = int(self.layers["gradient_bytes"].sum()) / self.num_samples
-        room = self.budget_bytes - self.fixed_bytes - int(self.layers["curvature_bytes"].sum())
-        if per_sample > 0 and room > 0 and self.layers["gradient_bytes"].sum() > 0:
-            out.append(f"num_samples ≤ {int(room // per_sample)}")
+        held = int(self.layers["gradient_bytes"].sum())
+        curvature = int(self.layers["curvature_bytes"].sum())
+        room = self.budget_bytes - self.fixed_bytes - curvature
+        if held and room > 0:
+            out.append(f"num_samples ≤ {int(room // (held / self.num_samples))}")
         if self.representation == "dense":
             out.append("representation='lowrank' or a smaller block_size")
-        elif self.representation in ("lowrank", "woodbury"):
-            out.append("fewer num_samples (G is m × d)")
+        if self.representation == "lowrank" and curvature > 0.1 * self.budget_bytes:
+            out.append("block_size='layer' (fewer low-rank blocks hold fewer m × m factors)")
         return "try " + ", or ".join(out) if out else "select fewer layers (names=[...])"
 
     def __str__(self) -> str:

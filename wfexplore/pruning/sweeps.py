@@ -400,7 +400,7 @@ class _SharedWork:
     def _undamped(self, settings: PruningSettings, layout) -> Curvature:
         representation = settings.curvature_representation
         if representation == "identity":
-            return IdentityCurvature(layout)
+            return IdentityCurvature(layout, device=next(self.model.parameters()).device)
         common = {
             "batch_size": settings.batch_size,
             "loss_fn": self.options.loss_fn,
