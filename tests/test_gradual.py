@@ -283,3 +283,66 @@ def test_missing_or_one_shot_data_and_a_ready_curvature_are_refused(mlp, mlp_loa
     curvature = estimate_curvature(mlp, mlp_loader, representation="diagonal", num_samples=8)
     with pytest.raises(TypeError, match="ready curvature cannot be re-estimated"):
         gradual_prune(mlp, curvature.damped(1e-3), 0.5, train_data=mlp_loader, **common)
+
+
+# --- the protocol sweep ----------------------------------------------------------------------
+def small_sweep(mlp, loader, **kwargs):
+    from wfexplore.experiments import protocol_sweep
+
+    kwargs = {
+        "methods": ["magnitude", "woodfisher"], "sparsities": [0.6], "epochs": 2,
+        "num_samples": 16, "damping": 1e-3, "block_size": 8, "progress": False, **kwargs,
+    }  # fmt: skip
+    return protocol_sweep(mlp, loader, loader, **kwargs)
+
+
+def test_protocol_points_are_cached_and_read_back_unchanged(mlp, mlp_loader, tmp_path):
+    first = small_sweep(mlp, mlp_loader, cache=tmp_path)
+    assert not first.points["cached"].any() and len(first.points) == 6
+    second = small_sweep(mlp, mlp_loader, cache=tmp_path)
+    assert second.points["cached"].all()
+    columns = [c for c in first.points.columns if c != "cached" and not c.endswith("_s")]
+    assert first.points[columns].equals(second.points[columns])
+    assert first.steps.equals(second.steps)
+    assert first.history.equals(second.history)
+    changed = small_sweep(mlp, mlp_loader, cache=tmp_path, epochs=3)  # a new budget: trained
+    trains = changed.points["protocol"] != "one_shot"
+    assert not changed.points[trains]["cached"].any() and changed.points[~trains]["cached"].all()
+
+
+def test_protocol_frames_are_keyed_and_findings_come_from_them(mlp, mlp_loader):
+    result = small_sweep(mlp, mlp_loader, cache=False)
+    assert list(result.steps.columns[:3]) == ["method", "protocol", "sparsity"]
+    assert set(result.steps["sparsity"]) == {0.6}
+    gradual = result.points[result.points["protocol"] == "gradual"]
+    assert (gradual["steps"] == 2).all() and (gradual["epochs"] == 2).all()
+    one = result.points.set_index(["method", "protocol"])
+    wf = one.loc[("woodfisher", "gradual")]
+    steps = result.steps[(result.steps["method"] == "woodfisher")]
+    assert wf["worst_after_step"] == steps[steps["protocol"] == "gradual"]["accuracy_after"].min()
+    gaps = result.gaps()
+    assert list(gaps.columns) == ["one_shot", "one_shot_finetune", "gradual"]
+    expected = wf["accuracy"] - one.loc[("magnitude", "gradual"), "accuracy"]
+    assert gaps.loc[0.6, "gradual"] == pytest.approx(expected)
+    findings = result.findings()
+    assert findings[0].startswith("At 60%, WoodFisher minus magnitude in final accuracy")
+    assert any("Right after a gradual pruning step" in f for f in findings)
+
+
+def test_a_lambda_optimizer_factory_turns_the_cache_off_with_a_warning(mlp, mlp_loader, tmp_path):
+    training = TrainingSettings(optimizer=lambda params: torch.optim.SGD(params, lr=0.01))
+    with pytest.warns(RuntimeWarning, match="caching is off"):
+        small_sweep(mlp, mlp_loader, cache=tmp_path, training=training, methods=["magnitude"])
+    assert not list(tmp_path.glob("*.json"))
+    named = small_sweep(
+        mlp, mlp_loader, cache=tmp_path, training=training, methods=["magnitude"],
+        cache_key="sgd lr 0.01",
+    )  # fmt: skip
+    assert not named.points["cached"].any() and list(tmp_path.glob("*.json"))
+
+
+def test_protocol_sweep_refuses_bad_grids_before_any_work(mlp, mlp_loader):
+    with pytest.raises(ValueError, match="protocols: 'gradually'"):
+        small_sweep(mlp, mlp_loader, protocols=["gradually"], cache=False)
+    with pytest.raises(ValueError, match="prune_every=5 is longer"):
+        small_sweep(mlp, mlp_loader, prune_every=5, cache=False)

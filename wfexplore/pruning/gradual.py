@@ -225,7 +225,7 @@ def gradual_prune(
     prune_every: int,
     schedule: ScheduleSpec = "cubic",
     steps: int | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     data: Iterable | None = None,
     training: TrainingSettings | None = None,
     pruning: PruningSchedule | None = None,
@@ -247,8 +247,9 @@ def gradual_prune(
     selection, loss, memory, BatchNorm re-estimation after each step) may be built once;
     keyword ``changes`` override their fields (``scope="layerwise"``, ``update="group"``,
     ``seed=1``). ``eval_data`` is evaluated before and after every step and after every
-    epoch. ``progress`` shows one bar advancing per epoch. Bad input is refused before
-    any training; a loader's own shuffling ``generator`` is seeded for the call and restored.
+    epoch. ``progress`` (default ``options.progress``, True) shows a bar advancing per epoch.
+    Bad input is refused before any training; a loader's own shuffling ``generator`` is
+    seeded for the call and restored.
     """
     plan = _Plan(epochs, tuple(pruning_plan(epochs, prune_every, steps)), prune_every)
     return _prepare(
@@ -352,14 +353,16 @@ def _prepare(
     training: TrainingSettings | None = None,
     pruning: PruningSchedule | None = None,
     options: RunOptions | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     **changes,
 ) -> _Run:
     """Every check before any work: settings, data, the schedule and the final target."""
     if not isinstance(inputs.model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(inputs.model).__name__}")
+    if progress is not None:
+        changes["progress"] = progress
     pruning, options, training = with_changes(
-        {**changes, "progress": progress},
+        changes,
         pruning or PruningSchedule(),
         options or RunOptions(),
         training or TrainingSettings(),
