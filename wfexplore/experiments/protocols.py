@@ -401,11 +401,20 @@ def _after_step_findings(steps: pd.DataFrame, a: str, b: str) -> list[str]:
         if abs(target - s) < 1e-9
         else f"the step to {target:.0%} on the way to {s:.0%}"
     )
-    return [
+    recovered = gradual.pivot_table(
+        index=["sparsity", "step"], columns="method", values="accuracy_recovered"
+    ).loc[(s, step)]
+    text = (
         f"Right after a gradual pruning step the gap is widest at {where}: {method_label(a)} "
         f"{after.loc[(s, step), a]:.3f} against {method_label(b)} {after.loc[(s, step), b]:.3f} "
-        f"({_points(gap.max())}); the training after each step recovers most of it."
-    ]
+        f"({_points(gap.max())})"
+    )
+    if recovered.notna().all():
+        text += (
+            f"; the training that follows brings them to {recovered[a]:.3f} and "
+            f"{recovered[b]:.3f} ({_points(recovered[a] - recovered[b])})"
+        )
+    return [text + "."]
 
 
 def _cost_findings(points: pd.DataFrame, a: str, b: str) -> list[str]:
