@@ -86,7 +86,7 @@ def main() -> None:
     parser.add_argument("--damping", type=float, default=1e-4)
     parser.add_argument("--block-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.01)
-    parser.add_argument("--repeats", type=int, default=2, help="timings: fastest of this many")
+    parser.add_argument("--repeats", type=int, default=3, help="timings: fastest of this many")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

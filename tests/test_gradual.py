@@ -346,3 +346,15 @@ def test_protocol_sweep_refuses_bad_grids_before_any_work(mlp, mlp_loader):
         small_sweep(mlp, mlp_loader, protocols=["gradually"], cache=False)
     with pytest.raises(ValueError, match="prune_every=5 is longer"):
         small_sweep(mlp, mlp_loader, prune_every=5, cache=False)
+
+
+def test_protocol_points_keep_their_masks_through_the_cache(mlp, mlp_loader, tmp_path):
+    first = small_sweep(mlp, mlp_loader, cache=tmp_path, keep_masks=True, methods=["obd"])
+    second = small_sweep(mlp, mlp_loader, cache=tmp_path, keep_masks=True, methods=["obd"])
+    assert second.points["cached"].all()
+    for a, b in zip(first.points["masks"], second.points["masks"], strict=True):
+        assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+    row = first.points.iloc[0]
+    pruned = sum(int((~keep).sum()) for keep in row["masks"].values())
+    assert pruned == round(0.6 * sum(keep.numel() for keep in row["masks"].values()))
+    assert not any(moved.any() for moved in row["moved"].values())

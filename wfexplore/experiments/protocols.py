@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
+import torch
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -125,6 +126,7 @@ def protocol_sweep(
     options: RunOptions | None = None,
     cache: bool | str | Path = True,
     cache_key: str | None = None,
+    keep_masks: bool = False,
     reporter: Progress = QUIET,
     **changes,
 ) -> ProtocolSweep:
@@ -140,7 +142,10 @@ def protocol_sweep(
     true-Fisher seed). ``data`` (default ``train_data``) feeds the curvature. ``cache``: True
     for ``cache_dir()/sweeps``, a folder, or False; where the model, the loss or the
     optimizer factories cannot be fingerprinted (a lambda, a closure) nothing is cached, with
-    a warning, unless ``cache_key`` names them. ``reporter`` hears of every point.
+    a warning, unless ``cache_key`` names them. With ``keep_masks`` every point also holds
+    ``masks`` (parameter → keep mask, True = kept), cached beside it, and ``moved`` (all
+    False: training moves every kept weight), the columns of
+    :func:`~wfexplore.experiments.sweep_points`. ``reporter`` hears of every point.
     """
     base, pruning, options, training = with_changes(
         changes,
@@ -151,6 +156,7 @@ def protocol_sweep(
     )
     grid = _grid(methods, sparsities, protocols)
     run = _ProtocolRun(model, train_data, eval_data, data, base, pruning, options, training)
+    run.keep_masks = keep_masks
     pruning_plan(epochs, prune_every, steps)  # bad budgets are refused before any work
     run.plan = {"epochs": epochs, "prune_every": prune_every, "steps": steps, "schedule": schedule}
     run.open_cache(cache, cache_key, [base.replace(method=m) for m in grid["methods"]])
@@ -177,6 +183,7 @@ class _ProtocolRun:
         self.data = data if data is not None else train_data
         self.base, self.pruning, self.options, self.training = base, pruning, options, training
         self.plan: dict = {}
+        self.keep_masks = False
         self.folder: Path | None = None
         self.key: dict = {}
 
@@ -271,7 +278,7 @@ class _ProtocolRun:
         settings = self.base.replace(method=method)
         key = self.point_key(settings, protocol, sparsity) if self.folder is not None else None
         if key is not None:
-            row = _read_cached(self.folder, key)
+            row = _read_cached(self.folder, key, self.keep_masks)
             if row is not None:
                 return {**row, "cached": True}
         result = run_protocol(
@@ -288,9 +295,10 @@ class _ProtocolRun:
             **self.plan,
         )
         row = _point_row(settings, protocol, sparsity, result)
+        masks = _masks(result) if self.keep_masks else {}
         if key is not None:
-            _write_cached(self.folder, key, row)
-        return {**row, "cached": False}
+            _write_cached(self.folder, key, row, masks)
+        return {**row, **masks, "cached": False}
 
 
 def _point_row(settings: PruningSettings, protocol: str, sparsity: float, result) -> dict:
@@ -318,6 +326,11 @@ def _point_row(settings: PruningSettings, protocol: str, sparsity: float, result
     row["step_rows"] = steps.to_dict("records")
     row["history_rows"] = result.history.to_dict("records")
     return row
+
+
+def _masks(result) -> dict[str, dict[str, torch.Tensor]]:
+    masks = {name: keep.cpu() for name, keep in result.masks.items()}
+    return {"masks": masks, "moved": {n: torch.zeros_like(k) for n, k in masks.items()}}
 
 
 def _achieved(row: dict) -> dict:
