@@ -1,6 +1,7 @@
 """Figures of training-aware pruning, from the frames of a small protocol sweep."""
 
 import pytest
+import torch
 
 from tests.conftest import make_loader, make_mlp
 from wfexplore.experiments import protocol_sweep
@@ -14,11 +15,11 @@ from wfexplore.figures.training import (
 
 @pytest.fixture(scope="module")
 def result():
-    import torch
-
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: one thread is fastest on shared cores
     g = torch.Generator().manual_seed(2)
     loader = make_loader(torch.randn(48, 6, generator=g, dtype=torch.float64), 3)
-    return protocol_sweep(
+    out = protocol_sweep(
         make_mlp(),
         loader,
         loader,
@@ -30,6 +31,8 @@ def result():
         cache=False,
         progress=False,
     )
+    torch.set_num_threads(before)
+    return out
 
 
 def test_training_curves_draw_each_step_as_a_drop_at_its_epoch(result):

@@ -31,6 +31,16 @@ SGD = TrainingSettings(optimizer=functools.partial(torch.optim.SGD, lr=0.05, mom
 ADAM = TrainingSettings(optimizer=functools.partial(torch.optim.Adam, lr=1e-2))
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from more threads, and on shared cores two threads can run
+    these tests many times slower; the setting is restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def zero_pattern_is_the_mask(result) -> bool:
     params = dict(result.model.named_parameters())
     return all(torch.equal(params[n] != 0, keep) for n, keep in result.masks.items())

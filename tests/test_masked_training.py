@@ -23,6 +23,16 @@ OPTIMIZERS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from more threads, and on shared cores two threads can run
+    these tests many times slower; the setting is restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def half_masks(model: nn.Module) -> dict[str, torch.Tensor]:
     """Keep masks (True = kept) pruning every other weight of each Linear weight."""
     out = {}
