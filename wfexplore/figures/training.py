@@ -11,7 +11,7 @@ none prunes or trains anything.
 - :func:`step_drops`: accuracy right before and right after every gradual step, per method;
 - :func:`final_accuracy_vs_sparsity`: final accuracy per method (colour) and protocol (dash);
 - :func:`accuracy_vs_wall_time`: final accuracy against the wall seconds a point took
-  (curvature + pruning + training): what the second-order information costs.
+  (curvature + pruning + training), log scale: what the second-order information costs.
 """
 
 from __future__ import annotations
@@ -206,7 +206,7 @@ def final_accuracy_vs_sparsity(
         )
     fig.update_xaxes(title_text="sparsity", tickformat=".0%")
     fig.update_yaxes(title_text=y.replace("_", " "))
-    fig.update_layout(title=title, height=420, legend_title_text="")
+    fig.update_layout(title=title, height=500, legend_title_text="", legend_font_size=11)
     return fig
 
 
@@ -219,7 +219,7 @@ def accuracy_vs_wall_time(
 ) -> go.Figure:
     """Final ``y`` against the wall seconds of each point (``x``, default curvature +
     pruning + training), log scale: colour the method, marker the protocol, the sparsity in
-    the hover and as text."""
+    the hover."""
     _require(points, ["method", x, y, "sparsity"], "points")
     fig = go.Figure()
     methods = list(dict.fromkeys(points["method"]))
@@ -230,10 +230,8 @@ def accuracy_vs_wall_time(
             go.Scatter(
                 x=rows[x].to_numpy(dtype=float),
                 y=rows[y].to_numpy(dtype=float),
-                mode="markers+text",
+                mode="markers",
                 text=[f"{s:.0%}" for s in rows["sparsity"]],
-                textposition="top center",
-                textfont={"size": 9},
                 name=label,
                 marker={
                     "color": method_color(method, methods.index(method)),
@@ -246,7 +244,7 @@ def accuracy_vs_wall_time(
         )
     fig.update_xaxes(title_text="wall seconds (curvature + pruning + training)", type="log")
     fig.update_yaxes(title_text=y.replace("_", " "))
-    fig.update_layout(title=title, height=420, legend_title_text="")
+    fig.update_layout(title=title, height=500, legend_title_text="", legend_font_size=11)
     return fig
 
 
