@@ -16,9 +16,9 @@ The three protocols of :data:`PROTOCOLS` compare at an equal training budget:
   (:func:`one_shot_then_finetune`);
 - ``"gradual"``: prune in steps while training ``epochs`` epochs (:func:`gradual_prune`).
 
-Each step is measured right before, right after and after the recovery training that follows
-it; second-order information shows most right after a step. The caller's model is never
-changed: everything happens on a private copy.
+Each step is measured right before, right after (where the published gradual runs found
+second-order information to matter most) and after the recovery training that follows it.
+The caller's model is never changed: everything happens on a private copy.
 """
 
 from __future__ import annotations
