@@ -18,7 +18,7 @@ CELL_TIMEOUT_S = 600  # per cell: generous for two shared cores; a hung cell sti
 
 def test_every_notebook_of_the_issue_is_there() -> None:
     names = [p.name for p in NOTEBOOKS]
-    for prefix in ("01_", "02_", "03_", "04_", "05_"):
+    for prefix in ("01_", "02_", "03_", "04_", "05_", "06_"):
         assert any(n.startswith(prefix) for n in names), f"no notebooks/{prefix}*.ipynb"
     assert "teach.ipynb" in names
 

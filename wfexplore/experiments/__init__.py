@@ -10,7 +10,9 @@ experiment runs the settings → examples → curvature → saliency → sensiti
 - :mod:`~wfexplore.experiments.pruning_comparison`: methods × sparsities from one sweep that
   keeps its masks (:func:`sweep_points`, :func:`compare_pruning`);
 - :mod:`~wfexplore.experiments.sensitivity`: saliencies and each layer pruned alone
-  (:func:`layer_sensitivities`).
+  (:func:`layer_sensitivities`);
+- :mod:`~wfexplore.experiments.protocols`: one-shot, one-shot + fine-tune and gradual pruning
+  at an equal training budget, cached point by point (:func:`protocol_sweep`).
 """
 
 from wfexplore.experiments.common import (
@@ -26,6 +28,14 @@ from wfexplore.experiments.fisher_hessian import (
     FisherHessianCache,
     FisherHessianComparison,
     compare_fisher_and_hessian,
+)
+from wfexplore.experiments.protocols import (
+    PROTOCOL_LABELS,
+    ProtocolSweep,
+    protocol_findings,
+    protocol_gaps,
+    protocol_label,
+    protocol_sweep,
 )
 from wfexplore.experiments.pruning_comparison import (
     PrunedPoint,
@@ -60,4 +70,10 @@ __all__ = [
     "overlap_frame",
     "point_key",
     "sweep_points",
+    "PROTOCOL_LABELS",
+    "ProtocolSweep",
+    "protocol_findings",
+    "protocol_gaps",
+    "protocol_label",
+    "protocol_sweep",
 ]

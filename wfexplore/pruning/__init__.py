@@ -2,7 +2,8 @@
 
 Saliency ρ_q = w_q² / (2[C⁻¹]_qq) for a curvature C (identity, diagonal, Fisher blocks,
 Kronecker factors), masks at an exact count (layerwise or global), weight updates (none,
-summed single-weight OBS, exact group OBS), recomputation steps, sweeps and sensitivity.
+summed single-weight OBS, exact group OBS), recomputation steps, sweeps and sensitivity;
+training-aware pruning (gradual pruning, one-shot + fine-tuning) with the masks held.
 """
 
 from wfexplore.pruning.estimation import (
@@ -15,6 +16,16 @@ from wfexplore.pruning.estimation import (
     take_examples,
 )
 from wfexplore.pruning.evaluation import evaluate_model, recalibrate_batchnorm
+from wfexplore.pruning.gradual import (
+    PROTOCOLS,
+    GradualResult,
+    gradual_prune,
+    one_shot,
+    one_shot_then_finetune,
+    pruning_plan,
+    run_protocol,
+)
+from wfexplore.pruning.masked_training import MaskHolder, TrainingSettings, train_epochs
 from wfexplore.pruning.masks import SCOPES, keep_masks, select_pruned
 from wfexplore.pruning.prune import (
     PruningResult,
@@ -58,4 +69,14 @@ __all__ = [
     "sweep",
     "take_examples",
     "update_weights",
+    "MaskHolder",
+    "TrainingSettings",
+    "train_epochs",
+    "PROTOCOLS",
+    "GradualResult",
+    "gradual_prune",
+    "one_shot",
+    "one_shot_then_finetune",
+    "pruning_plan",
+    "run_protocol",
 ]
