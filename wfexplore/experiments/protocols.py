@@ -39,6 +39,13 @@ from wfexplore.pruning import (
     pruning_plan,
     run_protocol,
 )
+from wfexplore.pruning.cache import (
+    cache_folder,
+    model_fingerprint_or_none,
+    prefix_hashes,
+    read_cached,
+    write_cached,
+)
 from wfexplore.pruning.estimation import take_examples, with_changes
 from wfexplore.pruning.fingerprints import (
     Unfingerprintable,
@@ -48,13 +55,6 @@ from wfexplore.pruning.fingerprints import (
 )
 from wfexplore.pruning.masked_training import seeded
 from wfexplore.pruning.masks import check_sparsity
-from wfexplore.pruning.sweeps import (
-    _cache_folder,
-    _prefix_hashes,
-    _read_cached,
-    _write_cached,
-    model_fingerprint_or_none,
-)
 
 CACHE_VERSION = "protocols-1"
 DEFAULT_METHODS = ("magnitude", "obd", "woodfisher", "kfac")
@@ -188,7 +188,7 @@ class _ProtocolRun:
         self.key: dict = {}
 
     def open_cache(self, cache, cache_key, settings: list[PruningSettings]) -> None:
-        folder = _cache_folder(cache)
+        folder = cache_folder(cache)
         if folder is None:
             return
         if cache_key is not None and not isinstance(cache_key, str):
@@ -231,7 +231,7 @@ class _ProtocolRun:
             "selection": self.options.layout(self.model, self.base).names,
             "eval": data_fingerprint(self.eval_data),
             "train": train,
-            "examples": _prefix_hashes(examples, counts),
+            "examples": prefix_hashes(examples, counts),
             "seed": seed,
             "min_density": self.pruning.min_density,
             "recalibrate_bn": self.options.recalibrate_bn,
@@ -278,7 +278,7 @@ class _ProtocolRun:
         settings = self.base.replace(method=method)
         key = self.point_key(settings, protocol, sparsity) if self.folder is not None else None
         if key is not None:
-            row = _read_cached(self.folder, key, self.keep_masks)
+            row = read_cached(self.folder, key, self.keep_masks)
             if row is not None:
                 return {**row, "cached": True}
         result = run_protocol(
@@ -297,7 +297,7 @@ class _ProtocolRun:
         row = _point_row(settings, protocol, sparsity, result)
         masks = _masks(result) if self.keep_masks else {}
         if key is not None:
-            _write_cached(self.folder, key, row, masks)
+            write_cached(self.folder, key, row, masks)
         return {**row, **masks, "cached": False}
 
 

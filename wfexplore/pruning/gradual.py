@@ -27,7 +27,7 @@ import math
 import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import pandas as pd
 import torch
@@ -76,7 +76,7 @@ class GradualResult(PruningResult):
     ``actual_delta_loss`` is NaN (training moves every weight).
     """
 
-    history: pd.DataFrame
+    history: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 @dataclass(frozen=True)

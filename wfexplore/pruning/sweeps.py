@@ -20,15 +20,12 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
-import tempfile
 import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -42,6 +39,13 @@ from wfexplore.curvature.estimate import estimate_curvature, from_gradients
 from wfexplore.curvature.identity import IdentityCurvature
 from wfexplore.gradients import gradient_samples
 from wfexplore.params import BlockSpec
+from wfexplore.pruning.cache import (
+    cache_folder,
+    model_fingerprint_or_none,
+    prefix_hashes,
+    read_cached,
+    write_cached,
+)
 from wfexplore.pruning.estimation import (
     METHODS,
     PruningSettings,
@@ -57,12 +61,10 @@ from wfexplore.pruning.fingerprints import (
     callable_key,
     data_fingerprint,
     model_fingerprint,
-    update_with_tensor,
 )
 from wfexplore.pruning.masks import SCOPES, check_sparsity
 from wfexplore.pruning.prune import PruningSchedule, RunOptions, run_pruning
 from wfexplore.pruning.updates import UPDATES
-from wfexplore.training import resolve_cache_folder
 
 CACHE_VERSION = 2
 DEFAULT_SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95)
@@ -201,7 +203,7 @@ class _SweepRun:
 
     def open_cache(self, cache, cache_key: str | None) -> None:
         """The cache folder and the key of everything the rows depend on (or no caching)."""
-        folder = _cache_folder(cache)
+        folder = cache_folder(cache)
         if folder is None:
             return
         if cache_key is not None and not isinstance(cache_key, str):
@@ -226,7 +228,7 @@ class _SweepRun:
         self.folder = folder
         self.base_key = {**self._base_key(), **seen}
         counts = {s.examples_needed for s in self.settings}
-        self.prefix_hash = _prefix_hashes(self.examples, counts)
+        self.prefix_hash = prefix_hashes(self.examples, counts)
 
     def _base_key(self) -> dict:
         recalibrate = self.options.recalibrate_bn
@@ -271,7 +273,7 @@ class _SweepRun:
             if self.folder is not None:
                 prefix = self.prefix_hash[settings.examples_needed]
                 key = _point_key(self.base_key, prefix, settings, point, self.options)
-                row = _read_cached(self.folder, key, self.keep_masks)
+                row = read_cached(self.folder, key, self.keep_masks)
                 if row is not None:
                     rows.append({**row, "cached": True})
                     self.bar.update(1)
@@ -330,7 +332,7 @@ class _SweepRun:
         row.update(curvature_s=curvature_s, prune_s=prune_s)
         masks = _pruned_masks(self.model, result) if self.keep_masks else {}
         if self.folder is not None:
-            _write_cached(self.folder, key, row, masks)
+            write_cached(self.folder, key, row, masks)
         self.bar.update(1)
         return {**row, **masks, "cached": False}
 
@@ -445,26 +447,6 @@ class _SharedWork:
 
 
 # --- the cache --------------------------------------------------------------------------------
-def model_fingerprint_or_none(model: nn.Module) -> str | None:
-    """The model's fingerprint, or None where its state is not visible (a cache_key names it)."""
-    try:
-        return model_fingerprint(model)
-    except Unfingerprintable:
-        return None
-
-
-def _prefix_hashes(examples: list[tuple], counts: set[int]) -> dict[int, str]:
-    xs = torch.cat([x for x, _ in examples]) if examples else torch.zeros(0)
-    ys = torch.cat([y for _, y in examples]) if examples else torch.zeros(0)
-    out = {}
-    for n in counts:
-        h = hashlib.sha256()
-        update_with_tensor(h, xs[:n])
-        update_with_tensor(h, ys[:n])
-        out[n] = h.hexdigest()
-    return out
-
-
 def _point_key(base, examples_hash, settings, point, options: RunOptions) -> str:
     scope, update, steps, sparsity = point
     payload = {
@@ -481,10 +463,6 @@ def _point_key(base, examples_hash, settings, point, options: RunOptions) -> str
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _cache_folder(cache) -> Path | None:
-    return resolve_cache_folder(cache, "sweeps")
-
-
 def _pruned_masks(model: nn.Module, result) -> dict[str, dict[str, torch.Tensor]]:
     """``masks`` (keep masks) and ``moved`` (kept weights changed by the update) of a point."""
     before = dict(model.named_parameters())
@@ -495,81 +473,6 @@ def _pruned_masks(model: nn.Module, result) -> dict[str, dict[str, torch.Tensor]
         for name, keep in masks.items()
     }
     return {"masks": masks, "moved": moved}
-
-
-ROW_COLUMNS = ("method", "update", "scope", "steps", "sparsity", "achieved_sparsity")
-"""Columns every cached row holds; an entry without them is not a row of this sweep."""
-
-
-def _read_cached(folder: Path, key: str, keep_masks: bool = False) -> dict | None:
-    """The cached row of ``key``, or None; an entry that cannot be read is recomputed."""
-    path = folder / f"{key}.json"
-    if not path.exists():
-        return None
-    try:
-        stored = json.loads(path.read_text())
-        row = stored["row"] if isinstance(stored, dict) and stored.get("key") == key else None
-        if not (isinstance(row, dict) and all(c in row for c in ROW_COLUMNS)):
-            raise ValueError("not a sweep row")
-        if keep_masks:
-            if not stored.get("masks"):
-                return None  # cached without its masks: pruned again, and stored with them
-            row.update(_read_masks(folder / f"{key}.npz", stored["masks"]))
-        return row
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-        warnings.warn(
-            f"sweep cache: the entry {path} cannot be read ({type(err).__name__}: {err}); "
-            "the point is computed again",
-            RuntimeWarning,
-            stacklevel=4,
-        )
-        return None
-
-
-def _write_cached(folder: Path, key: str, row: dict, masks: dict | None = None) -> None:
-    """Store a row (and its packed masks) atomically; a failure to store is a warning."""
-    shapes = None
-    try:
-        if masks:
-            shapes = {name: list(keep.shape) for name, keep in masks["masks"].items()}
-            packed = {
-                f"{kind}/{name}": np.packbits(tensor.numpy().reshape(-1))
-                for kind, by_name in masks.items()
-                for name, tensor in by_name.items()
-            }
-            _atomic_write(folder, key, ".npz", lambda f: np.savez_compressed(f, **packed))
-        entry = json.dumps({"key": key, "row": row, "masks": shapes}, default=str).encode()
-        _atomic_write(folder, key, ".json", lambda f: f.write(entry))
-    except OSError as err:
-        warnings.warn(
-            f"sweep cache: the row could not be stored in {folder} ({err}); the sweep goes on "
-            "without caching it",
-            RuntimeWarning,
-            stacklevel=4,
-        )
-
-
-def _atomic_write(folder: Path, key: str, suffix: str, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{key}.", suffix=f"{suffix}.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, folder / f"{key}{suffix}")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _read_masks(path: Path, shapes: dict[str, list[int]]) -> dict[str, dict[str, torch.Tensor]]:
-    """The ``masks`` and ``moved`` maps of a cached point (bits packed by :func:`_write_cached`)."""
-    out: dict[str, dict[str, torch.Tensor]] = {"masks": {}, "moved": {}}
-    with np.load(path, allow_pickle=False) as stored:
-        for kind in out:
-            for name, shape in shapes.items():
-                count = int(np.prod(shape))
-                bits = np.unpackbits(stored[f"{kind}/{name}"], count=count).astype(bool)
-                out[kind][name] = torch.from_numpy(bits).reshape(shape)
-    return out
 
 
 __all__ = ["SweepGrid", "sweep"]
