@@ -19,12 +19,20 @@ import traitlets
 
 from wfexplore.experiments.common import ImpossibleSetting
 
-NOTE = "color:#555;margin:2px 0"
-ERROR = "color:#b00020;font-weight:bold;margin:2px 0"
+# JupyterLab's theme variables, with light fallbacks: readable in Light, Dark and Voilà
+NOTE = "color:var(--jp-ui-font-color2, #555555);margin:2px 0"
+ERROR = "color:var(--jp-error-color1, #b00020);font-weight:bold;margin:2px 0"
+RELOAD_HINT = (
+    "A notebook saved with its outputs and opened again shows “Error displaying widget: "
+    "model not found” in place of a dashboard: the widgets live in the kernel, so run the "
+    "cells again (Run ▸ Run All Cells)."
+)
 
 __all__ = [
     "ERROR",
     "NOTE",
+    "RELOAD_HINT",
+    "SaveBar",
     "ComputingDashboard",
     "Dashboard",
     "FigureSlot",
@@ -72,6 +80,42 @@ class FigureSlot:
         return self.figure
 
 
+class SaveBar:
+    """A file name, a "save" button and a line saying what was written.
+
+    Clicking writes the dashboard's current figures and tables (``dashboard.saved()``: a
+    title, heading → figure, heading → frame) to one self-contained HTML file with the
+    report's writer (:func:`wfexplore.report.write_report`).
+    """
+
+    def __init__(self, dashboard: Dashboard, default_name: str):
+        self.dashboard = dashboard
+        self.path = widgets.Text(
+            value=default_name, description="save as", layout=widgets.Layout(width="320px")
+        )
+        self.button = widgets.Button(description="save", icon="save", tooltip="save as HTML")
+        self.status = widgets.HTML("")
+        for part, name in ((self.path, "save-path"), (self.button, "save")):
+            part.add_class(f"{dashboard.prefix}-{name}")
+        self.status.add_class(f"{dashboard.prefix}-save-status")
+        self.button.on_click(lambda _: self.save())
+        self.widget = widgets.HBox([self.path, self.button, self.status])
+
+    def save(self, path: str | None = None):
+        """Write the HTML file (to ``path`` or the name typed) and return its path."""
+        from wfexplore.report import write_report
+
+        target = path or self.path.value.strip() or "wfexplore-dashboard.html"
+        title, figures, tables = self.dashboard.saved()
+        try:
+            written = write_report(target, title=title, figures=figures, tables=tables)
+        except OSError as err:
+            self.status.value = message_html(f"Could not write {target}: {err}", error=True)
+            return None
+        self.status.value = message_html(f"Saved to {written}")
+        return written
+
+
 class Dashboard:
     """A ``state`` model, controls bound to it and the ``widget`` to display.
 
@@ -107,6 +151,14 @@ class Dashboard:
             control.add_class(f"{self.prefix}-{name}")
             if name in traits:
                 traitlets.link((self.state, traits[name]), (control, "value"))
+
+    def saved(self) -> tuple[str, dict[str, go.Figure], dict]:
+        """What "save" writes: a title, heading → current figure, heading → current table."""
+        return self.prefix, {}, {}
+
+    def save(self, path: str) -> object:
+        """Write the current figures and tables to a self-contained HTML file at ``path``."""
+        return SaveBar(self, path).save(path)
 
     def show(self) -> None:
         """Display the dashboard (then compute what it shows, where it computes)."""

@@ -29,7 +29,9 @@ DEFAULT_BLOCK_SIZES = (4, 8, 16, 32, 64, 128, 256)
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 FISHER_CHOICES = (("empirical Fisher", "empirical"), ("true Fisher", "true"))
 _STAT_ROWS = {
-    "dominant_row_share": "share of diagonally dominant rows",
+    "dominant_nonzero_row_share": "share of dominant rows among the non-zero rows",
+    "zero_row_share": "share of all-zero rows (dead units; dominant only as 0 ≥ 0)",
+    "dominant_row_share": "share of dominant rows, all-zero rows counted",
     "median_row_ratio": "median row ratio |M_ii| / Σ_j≠i |M_ij|",
     "diagonal_frobenius_share": "share of ‖M‖²_F on the diagonal",
     "mean_diagonal": "mean diagonal entry",
