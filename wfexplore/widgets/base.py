@@ -20,8 +20,9 @@ import traitlets
 from wfexplore.experiments.common import ImpossibleSetting
 
 # JupyterLab's theme variables, with light fallbacks: readable in Light, Dark and Voilà
-NOTE = "color:var(--jp-ui-font-color2, #555555);margin:2px 0"
-ERROR = "color:var(--jp-error-color1, #b00020);font-weight:bold;margin:2px 0"
+# (the plain colour first, for pages without the variables)
+NOTE = "color:#555;color:var(--jp-ui-font-color2, #555555);margin:2px 0"
+ERROR = "color:#b00020;color:var(--jp-error-color1, #b00020);font-weight:bold;margin:2px 0"
 RELOAD_HINT = (
     "A notebook saved with its outputs and opened again shows “Error displaying widget: "
     "model not found” in place of a dashboard: the widgets live in the kernel, so run the "
@@ -33,6 +34,7 @@ __all__ = [
     "NOTE",
     "RELOAD_HINT",
     "SaveBar",
+    "ToggleSet",
     "ComputingDashboard",
     "Dashboard",
     "FigureSlot",
@@ -78,6 +80,42 @@ class FigureSlot:
         self.box.children = (self.figure,)
         old.close()
         return self.figure
+
+
+class ToggleSet(widgets.HBox):
+    """Several choices, each a toggle button: ``value`` is the tuple of those pressed, in
+    ``options`` order. One click picks or drops one choice (no Ctrl-click)."""
+
+    value = traitlets.Tuple()
+
+    def __init__(self, options: list[tuple[str, str]], value: tuple = (), **kwargs):
+        self.buttons = {
+            key: widgets.ToggleButton(description=label, value=key in value, tooltip=label)
+            for label, key in options
+        }
+        super().__init__(list(self.buttons.values()), **kwargs)
+        self._syncing = False
+        self.value = tuple(key for key in self.buttons if key in value)
+        for button in self.buttons.values():
+            button.layout = widgets.Layout(width="auto")
+            button.observe(lambda _: self._from_buttons(), names="value")
+        self.observe(lambda _: self._to_buttons(), names="value")
+
+    def _from_buttons(self) -> None:
+        if self._syncing:
+            return
+        pressed = tuple(key for key, button in self.buttons.items() if button.value)
+        if pressed != self.value:
+            self.value = pressed
+
+    def _to_buttons(self) -> None:
+        self._syncing = True
+        try:
+            for key, button in self.buttons.items():
+                if button.value != (key in self.value):
+                    button.value = key in self.value
+        finally:
+            self._syncing = False
 
 
 class SaveBar:
