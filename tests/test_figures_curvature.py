@@ -92,7 +92,10 @@ def test_dominance_histograms_plot_the_tables_values_per_kind(two_fishers):
     table = pd.concat(
         [dominance_table(a).assign(kind="Hessian"), dominance_table(b).assign(kind="Fisher")]
     )
-    fig = dominance_histograms(table)
+    # the default leads with dominance among non-zero rows; the plain share on request
+    default = dominance_histograms(table)
+    assert "non-zero rows" in default.layout.annotations[0].text.replace("<br>", " ")
+    fig = dominance_histograms(table, ["dominant_row_share", "diagonal_frobenius_share"])
     by_name = {}
     for trace in fig.data:
         by_name.setdefault(trace.name, []).append(np.asarray(trace.x))

@@ -176,3 +176,17 @@ def test_the_state_drives_the_controls_and_the_heatmaps(mlp, mlp_loader, counted
     assert explorer.block.max == 1 and explorer.block.value == explorer.state.block == 1
     assert "block 1" in explorer.figure.layout.title.text and explorer.message.value == ""
     assert counted["gradients"] == 1
+
+
+def test_statistics_lead_with_dominance_among_non_zero_rows_and_save_writes_html(
+    mlp, mlp_loader, tmp_path
+):
+    explorer = make_explorer(mlp, mlp_loader)
+    rows = list(explorer.statistics.columns)
+    assert rows[:2] == ["dominant_nonzero_row_share", "zero_row_share"]
+    assert "among the non-zero rows" in explorer.stats.value
+    assert explorer.figure.layout.width is None  # sizes to the page
+    path = explorer.save(str(tmp_path / "fisher.html"))
+    text = path.read_text(encoding="utf-8")
+    assert text.count('class="plotly-graph-div"') == 1
+    assert "Block statistics (without λ)" in text and "dominant_nonzero_row_share" in text

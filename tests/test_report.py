@@ -109,3 +109,63 @@ def test_report_opens_offline_in_chromium_and_plotly_draws_every_figure(report, 
         assert page.evaluate("typeof Plotly !== 'undefined' && Plotly.version.startsWith('')")
         save_screenshot(page, tmp_path / "report.png")
     assert blocked == [] and errors == []
+
+
+def _csv_links(text):
+    import base64
+
+    return {
+        name: base64.b64decode(payload).decode("utf-8")
+        for name, payload in re.findall(
+            r'download="([^"]+)" href="data:text/csv;base64,([A-Za-z0-9+/=]+)"', text
+        )
+    }
+
+
+def test_sweep_table_is_a_readable_subset_and_the_full_frame_downloads_as_csv(report):
+    import io
+
+    import pandas as pd
+
+    path, pruning = report
+    text = path.read_text(encoding="utf-8")
+    links = _csv_links(text)
+    assert "sweep.csv" in links
+    full = pd.read_csv(io.StringIO(links["sweep.csv"]))
+    assert list(full.columns) == list(pruning.sweep.columns)
+    assert len(full) == len(pruning.sweep)
+    pd.testing.assert_series_equal(full["accuracy"], pruning.sweep["accuracy"], check_names=False)
+    sweep_table = text[text.index("<h3>Sweep</h3>") :].split("</table>")[0]
+    headers = re.findall(r"<th>([^<]*)</th>", sweep_table)
+    assert len(headers) <= 9 and "accuracy" in headers and "δL (predicted)" in headers
+    assert "curvature_s" not in headers and "prune_s" not in headers
+    assert "Magnitude pruning predicts no loss" in text
+
+
+def test_magnitude_predicted_loss_is_blank_in_the_shown_table():
+    import pandas as pd
+
+    from wfexplore.report import readable_table
+
+    frame = pd.DataFrame(
+        {"method": ["magnitude", "obd"], "predicted_delta_loss": [42.0, 0.5]}
+        | {f"c{i}": [0, 1] for i in range(12)}
+    )
+    shown = readable_table(frame)
+    assert shown["δL (predicted)"].isna().tolist() == [True, False]
+    assert frame["predicted_delta_loss"].tolist() == [42.0, 0.5]  # the caller's frame is kept
+
+
+def test_report_leads_with_dominance_among_non_zero_rows_and_numbers_blocks_in_the_layer(report):
+    path, _ = report
+    text = path.read_text(encoding="utf-8")
+    assert "dominant non-zero rows" in text and "all-zero rows" in text
+    assert "Hessians tend to be diagonally dominant" in text
+    assert "log-magnitude" in text
+    found = re.search(r"Block (\d+) of (\d+) in (\d+\.weight)", text)
+    assert found, "the heatmap title numbers the block within its layer"
+    assert 1 <= int(found.group(1)) <= int(found.group(2))
+    assert "weight index in the block" in text
+    assert "Test accuracy and loss after one-shot pruning" in text
+    assert "rings and dashed line" in text
+    assert "fisher-hessian-layers.csv" in _csv_links(text)

@@ -107,3 +107,37 @@ def test_css_classes(explorer):
         assert f"wfx-sensitivity-{slot}" in box._dom_classes
         assert box.children == (getattr(explorer, slot),)
     assert torch.is_tensor(explorer.saliencies["obd"].scores)
+
+
+def test_methods_are_toggle_buttons_one_click_each(explorer):
+    import ipywidgets as widgets
+
+    buttons = explorer.methods.buttons
+    assert all(isinstance(b, widgets.ToggleButton) for b in buttons.values())
+    assert [b.description for b in buttons.values()] == ["magnitude", "OBD", "WoodFisher"]
+    buttons["woodfisher"].value = False  # one click drops WoodFisher
+    assert explorer.state.methods == ("magnitude", "obd")
+    assert "WoodFisher" not in {t.name for t in explorer.scatter.data}
+    buttons["woodfisher"].value = True
+    assert explorer.state.methods == ("magnitude", "obd", "woodfisher")
+    explorer.methods.value = ("obd",)
+    assert [b.value for b in buttons.values()] == [False, True, False]
+
+
+def test_all_layers_table_is_one_row_per_layer(explorer):
+    explorer.layer.value = ALL_LAYERS
+    table = explorer.table.value
+    assert "wfx-sensitivity-summary" in table
+    body = table.split("<tbody>")[1]
+    assert body.count("<tr") == 2  # two analysed layers, not layers × sparsities × methods
+    assert "WoodFisher: δL at" in table and "predicted / actual" in table
+
+
+def test_save_writes_the_figures_and_the_table(explorer, tmp_path):
+    path = explorer.save(str(tmp_path / "sensitivity.html"))
+    text = path.read_text(encoding="utf-8")
+    assert text.count('class="plotly-graph-div"') == 2
+    assert "Each layer pruned alone" in text and "data:text/csv;base64," in text
+    explorer.save_bar.path.value = str(tmp_path / "clicked.html")
+    explorer.save_bar.button.click()
+    assert (tmp_path / "clicked.html").exists() and "Saved to" in explorer.save_bar.status.value

@@ -17,7 +17,13 @@ from wfexplore.curvature import (
 )
 from wfexplore.curvature.dense import group_blocks
 from wfexplore.params import ParameterLayout
-from wfexplore.statistics import compare_blocks, diagonal_dominance, dominance_table, spectra
+from wfexplore.statistics import (
+    DOMINANCE_COLUMNS,
+    compare_blocks,
+    diagonal_dominance,
+    dominance_table,
+    spectra,
+)
 
 DAMPING = 1e-3
 
@@ -77,11 +83,13 @@ def test_dominance_of_a_three_by_three_matrix_matches_hand_computation():
 
 def test_diagonal_matrix_is_fully_dominant_with_infinite_ratios():
     stats = diagonal_dominance(torch.diag(torch.tensor([3.0, -1.0, 0.5])))
-    assert stats == {
+    assert {k: stats[k] for k in DOMINANCE_COLUMNS[:3]} == {
         "dominant_row_share": 1.0,
         "median_row_ratio": math.inf,
         "diagonal_frobenius_share": 1.0,
     }
+    assert stats["dominant_nonzero_row_share"] == 1.0
+    assert stats["zero_row_share"] == 0.0
 
 
 def test_zero_row_counts_as_dominant_with_infinite_ratio():
@@ -93,6 +101,25 @@ def test_zero_row_counts_as_dominant_with_infinite_ratio():
     assert stats["dominant_row_share"] == pytest.approx(2 / 3)
     assert stats["median_row_ratio"] == pytest.approx(3 / 2)
     assert stats["diagonal_frobenius_share"] == pytest.approx(10 / 16)
+
+
+def test_dominance_among_nonzero_rows_leaves_the_all_zero_rows_out():
+    m = torch.tensor([[1.0, 2.0, 0.0], [0.0, 0.0, 0.0], [1.0, 1.0, 3.0]])
+    # of the rows 0 and 2 (row 1 is all zero) only row 2 is dominant: 1/2; zero rows 1/3
+    stats = diagonal_dominance(m)
+    assert stats["dominant_nonzero_row_share"] == pytest.approx(1 / 2)
+    assert stats["zero_row_share"] == pytest.approx(1 / 3)
+
+
+def test_dead_units_alone_do_not_make_a_block_look_dominant():
+    # two dead rows (zero) and two coupled live rows with r = 1/2: the naive share is 1/2,
+    # all from the dead rows; among the live rows nothing is dominant
+    m = torch.zeros(4, 4)
+    m[:2, :2] = torch.tensor([[1.0, 2.0], [2.0, 1.0]])
+    stats = diagonal_dominance(m)
+    assert stats["dominant_row_share"] == 0.5
+    assert stats["zero_row_share"] == 0.5
+    assert stats["dominant_nonzero_row_share"] == 0.0
 
 
 def test_median_of_an_even_number_of_rows_averages_the_middle_two():
@@ -108,6 +135,8 @@ def test_zero_matrix_has_undefined_frobenius_share():
     stats = diagonal_dominance(torch.zeros(2, 2))
     assert stats["dominant_row_share"] == 1.0
     assert math.isnan(stats["diagonal_frobenius_share"])
+    assert math.isnan(stats["dominant_nonzero_row_share"])
+    assert stats["zero_row_share"] == 1.0
 
 
 def test_dominance_matches_a_numpy_row_loop_on_a_random_matrix():

@@ -155,3 +155,75 @@ def test_a_failing_setting_shows_a_message_not_a_traceback(monkeypatch):
     assert "positive definite" in teacher.table.value
     after = [np.array(t.x, dtype=float) for t in teacher.figure.data[1:]]
     assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+# --- presets, three weights, reset, layout --------------------------------------------------
+def test_obd_picks_wrong_preset_shows_three_weights_where_obd_and_obs_differ():
+    from wfexplore.quadratic import compare_rules, obd_wrong_weight_example
+
+    teacher = OBSTeacher()
+    teacher.preset.value = "OBD picks wrong"
+    assert teacher.state.weights == 3
+    np.testing.assert_allclose(teacher.quadratic.hessian, obd_wrong_weight_example().hessian)
+    np.testing.assert_allclose(teacher.quadratic.optimum, obd_wrong_weight_example().optimum)
+    reference = compare_rules(obd_wrong_weight_example())
+    assert teacher.comparison.obd.removed != teacher.comparison.obs.removed
+    assert teacher.comparison.obd.removed == reference.obd.removed == 2  # w3
+    assert "OBD picks the wrong weight" in teacher.table.value
+    # the bars are shown, the contour hidden, and the third weight's sliders appear
+    assert teacher.bars_box.layout.display is None and teacher.figure_box.layout.display == "none"
+    assert teacher.h33.layout.display is None and teacher.w3.layout.display is None
+    obd_bars = teacher.bars.data[1]
+    np.testing.assert_allclose(obd_bars.y, reference.obd.saliencies)
+    assert list(obd_bars.marker.line.width) == [0, 0, 3]  # the outlined bar: OBD removes w3
+    np.testing.assert_allclose(teacher.bars.data[3].y, reference.best_costs)
+    # a slider of the third weight redraws the bars in place
+    teacher.w3.value = 0.1
+    assert teacher.bars.data[1].y[2] == pytest.approx(0.5 * 0.1**2)
+
+
+def test_presets_and_reset_set_the_lessons():
+    teacher = OBSTeacher()
+    teacher.preset.value = "all agree"
+    assert teacher.state.weights == 2
+    assert not teacher.comparison.magnitude_picks_wrong_weight
+    assert not teacher.comparison.obd_picks_wrong_weight
+    assert len({r.removed for r in teacher.comparison.rules}) == 1
+    assert teacher.figure_box.layout.display is None and teacher.h33.layout.display == "none"
+    teacher.w1.value, teacher.c.value = -1.5, -0.7
+    teacher.reset.click()
+    assert teacher.w1.value == 0.5 and teacher.c.value == pytest.approx(0.3)
+    teacher.preset.value = "magnitude picks wrong"
+    assert teacher.comparison.magnitude_picks_wrong_weight
+    assert "wfx-teacher-reset" in teacher.reset._dom_classes
+    assert "wfx-teacher-preset" in teacher.preset._dom_classes
+
+
+def test_magnitude_has_no_predicted_loss_in_the_table_and_says_why(teacher):
+    row = teacher.table.value.split('class="wfx-teacher-row-magnitude"')[1].split("</tr>")[0]
+    cells = [c.split(">", 1)[1] for c in row.split("<td")[1:]]
+    assert cells[4].startswith("–")  # rule, removes, two saliencies, predicted δL
+    assert "not a loss prediction" in teacher.table.value
+
+
+def test_plot_sits_beside_the_sliders_at_1024_by_768():
+    teacher = OBSTeacher()
+    controls, plots = teacher.widget.children[0].children
+    width = int(controls.layout.width.rstrip("px")) + max(
+        teacher.figure.layout.width, teacher.bars.layout.width
+    )
+    assert width <= 1024 - 2 * 40  # Voilà's lab template pads the page
+    assert teacher.figure.layout.height <= 768 - 200
+
+
+def test_callouts_follow_the_theme(teacher):
+    assert "var(--jp-ui-font-color1" in teacher.table.value
+    assert "#533f03" not in teacher.table.value
+
+
+def test_save_writes_the_current_figure_and_table(tmp_path):
+    teacher = OBSTeacher(preset="OBD picks wrong")
+    path = teacher.save(str(tmp_path / "teacher.html"))
+    text = path.read_text(encoding="utf-8")
+    assert "OBD picks wrong" in text and "plotly-graph-div" in text
+    assert "Which weight each rule removes" in text

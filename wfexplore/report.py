@@ -8,9 +8,11 @@ once, every figure inline and no request to the network, so that it opens offlin
 
 from __future__ import annotations
 
+import base64
 import datetime as _dt
 import html
 import itertools
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -24,13 +26,56 @@ import wfexplore
 from wfexplore.experiments import FisherHessianComparison, PruningComparison
 from wfexplore.figures import curvature as curvature_figures
 from wfexplore.figures import pruning as pruning_figures
+from wfexplore.figures.theme import LIGHT_TEMPLATE, register_templates
+
+DOMINANCE_SENTENCE = (
+    "An all-zero row of a block (a weight whose input is always zero: a blank pixel, a dead "
+    "ReLU unit) satisfies |M_ii| ≥ Σ|M_ij| only as 0 ≥ 0. The headline is therefore the share "
+    "of dominant rows among the non-zero rows, with the share of all-zero rows beside it: where "
+    'the first is low, "Hessians tend to be diagonally dominant" does not hold for this '
+    "network, however many dead rows make the plain count look high, and dropping the "
+    "off-diagonal entries (as OBD does) loses most of each live row."
+)
+HEATMAP_SCALE_NOTE = (
+    "Heatmaps use the signed log-magnitude colour scale sign(x)·log₁₀(1 + |x|/ε), shared by "
+    "the panels and ticked in the original units: on a linear scale the Fisher, whose entries "
+    "are often much smaller than the Hessian's, would look blank."
+)
+MAGNITUDE_PREDICTION_NOTE = (
+    "Magnitude pruning predicts no loss: its score ½w² is the OBS formula with the identity "
+    "in place of the curvature, so its predicted δL is left blank (–)."
+)
+TABLE_COLUMNS = 9
+"""Tables with more columns show a readable subset; the full frame is a CSV download."""
+READABLE_COLUMNS = {
+    "method": "method",
+    "scope": "scope",
+    "update": "update",
+    "steps": "steps",
+    "sparsity": "sparsity",
+    "accuracy": "accuracy",
+    "loss": "loss",
+    "delta_loss": "δL (actual)",
+    "predicted_delta_loss": "δL (predicted)",
+    "achieved_sparsity": "achieved sparsity",
+    "damping": "λ",
+    "num_samples": "m",
+    "block_size": "B",
+    "curvature_s": "curvature time (s)",
+    "prune_s": "pruning time (s)",
+}
+"""Sweep columns a reader wants first (the first :data:`TABLE_COLUMNS` present are shown),
+with their headings."""
 
 
 # --- figures of the report -------------------------------------------------------------------
 def fisher_hessian_figures(comparison: FisherHessianComparison) -> dict[str, go.Figure]:
     """Per-layer dominance, per-block dominance histograms and one typical block's heatmaps."""
     figures = {
-        "Diagonal dominance per layer": curvature_figures.dominance_by_layer(comparison.layers)
+        "Diagonal dominance per layer": curvature_figures.dominance_by_layer(
+            comparison.layers,
+            title="Diagonal dominance per layer (median over blocks; non-zero rows first)",
+        )
     }
     long = _dominance_long(comparison)
     if long is not None:
@@ -40,12 +85,18 @@ def fisher_hessian_figures(comparison: FisherHessianComparison) -> dict[str, go.
         errors = blocks["relative_frobenius_error"].to_numpy(dtype=float)
         typical = int(blocks["block"].iloc[int(np.argsort(errors)[len(errors) // 2])])
         row = blocks[blocks["block"] == typical].iloc[0]
+        layer_blocks = sorted(
+            int(b) for b in blocks.loc[blocks["parameter"] == row["parameter"], "block"]
+        )
+        position = layer_blocks.index(typical)
         figures["One block: Hessian, Fisher and their difference"] = (
             curvature_figures.block_heatmaps(
                 {"exact Hessian": comparison.hessian, "empirical Fisher": comparison.fisher},
                 typical,
-                title=f"Block {typical} of {row['parameter']} (the median Fisher error, "
-                f"{row['relative_frobenius_error']:.2f}), damping removed",
+                log_magnitude=True,
+                title=f"Block {position + 1} of {len(layer_blocks)} in {row['parameter']} "
+                f"(the median Fisher error, {row['relative_frobenius_error']:.2f}), "
+                "damping removed, log-magnitude colours",
                 panel_size=260,
             )
         )
@@ -63,6 +114,9 @@ def _dominance_long(comparison: FisherHessianComparison) -> pd.DataFrame | None:
         }
         if not set(columns) <= set(comparison.blocks.columns):
             return None
+        for stat in ("dominant_nonzero_row_share", "zero_row_share"):
+            if f"{kind}_{stat}" in comparison.blocks.columns:
+                columns[f"{kind}_{stat}"] = stat
         part = comparison.blocks[["block", "parameter", *columns]].rename(columns=columns)
         part["kind"] = label
         rows.append(part)
@@ -75,7 +129,10 @@ def pruning_figures_for(pruning: PruningComparison) -> dict[str, go.Figure]:
     s = pruning.sparsity
     figures = {
         "Accuracy and loss against sparsity": pruning_figures.accuracy_vs_sparsity(
-            pruning.sweep, ["accuracy", "loss"], marker_at=s, title=None
+            pruning.sweep,
+            ["accuracy", "loss"],
+            marker_at=s,
+            title="Test accuracy and loss after one-shot pruning",
         ),
         "Per-layer sparsity": pruning_figures.layer_sparsity_bars(
             pruning.allocation,
@@ -115,7 +172,9 @@ table.wfx-table th, table.wfx-table td { border: 1px solid #ddd; padding: 3px 8p
        text-align: right; }
 table.wfx-table th { background: #f3f3f3; }
 .wfx-figure { margin: 1em 0 2em; overflow-x: auto; }
+.wfx-table-box { max-width: 100%; overflow-x: auto; }
 .wfx-note { color: #555; font-size: 14px; }
+a.wfx-csv { font-size: 14px; }
 """
 
 
@@ -129,7 +188,47 @@ def _table_html(frame: pd.DataFrame, float_format: str = "{:.4g}") -> str:
     )
 
 
+def readable_table(frame: pd.DataFrame, max_columns: int = TABLE_COLUMNS) -> pd.DataFrame:
+    """The columns a reader wants first, with readable headings.
+
+    A frame of at most ``max_columns`` columns keeps them all; a wider one keeps those of
+    :data:`READABLE_COLUMNS` it has (in that order), or its first ``max_columns``.
+    Magnitude pruning's ``predicted_delta_loss`` (½w², no loss prediction) is blanked.
+    """
+    shown = frame.copy()
+    if "predicted_delta_loss" in shown.columns and "method" in shown.columns:
+        magnitude = shown["method"].astype(str) == "magnitude"
+        shown["predicted_delta_loss"] = shown["predicted_delta_loss"].where(~magnitude)
+    if len(shown.columns) > max_columns:
+        known = [c for c in READABLE_COLUMNS if c in shown.columns][:max_columns]
+        shown = shown[known] if len(known) >= 2 else shown.iloc[:, :max_columns]
+    return shown.rename(columns={c: READABLE_COLUMNS.get(c, c) for c in shown.columns})
+
+
+def csv_link(frame: pd.DataFrame, name: str) -> str:
+    """A link that downloads ``frame`` as ``name``.csv, the data inside the page (data: URI)."""
+    payload = base64.b64encode(frame.to_csv(index=False).encode("utf-8")).decode("ascii")
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-").lower() or "table"
+    return (
+        f'<p><a class="wfx-csv" download="{stem}.csv" '
+        f'href="data:text/csv;base64,{payload}">Download the full table as CSV '
+        f"({len(frame)} rows, {len(frame.columns)} columns)</a></p>"
+    )
+
+
+def _frame_section(heading: str, frame: pd.DataFrame) -> list[str]:
+    shown = readable_table(frame)
+    parts = [f'<div class="wfx-table-box">{_table_html(shown)}</div>']
+    if "method" in frame.columns and "predicted_delta_loss" in frame.columns:
+        if (frame["method"].astype(str) == "magnitude").any():
+            parts.append(f'<p class="wfx-note">{html.escape(MAGNITUDE_PREDICTION_NOTE)}</p>')
+    parts.append(csv_link(frame, heading))
+    return parts
+
+
 def _figure_html(fig: go.Figure, div_id: str) -> str:
+    register_templates()
+    fig = go.Figure(fig).update_layout(template=LIGHT_TEMPLATE)  # the page is light
     body = fig.to_html(
         full_html=False,
         include_plotlyjs=False,
@@ -165,8 +264,27 @@ def model_table(
     return pd.DataFrame(rows, columns=["", "value"])
 
 
+_LAYER_HEADINGS = {
+    "layer": "layer",
+    "parameter": "parameter",
+    "numel": "weights",
+    "blocks": "blocks",
+    "fisher_dominant_nonzero_rows": "F: dominant non-zero rows",
+    "hessian_dominant_nonzero_rows": "H: dominant non-zero rows",
+    "fisher_zero_rows": "F: all-zero rows",
+    "hessian_zero_rows": "H: all-zero rows",
+    "fisher_diag_share": "F: ‖diag‖²/‖M‖²",
+    "hessian_diag_share": "H: ‖diag‖²/‖M‖²",
+    "fisher_vs_hessian_error": "‖F_λ − H_λ‖/‖H_λ‖",
+    "obs_update_cosine": "OBS update cosine",
+}
+
+
 def _fisher_hessian_text(comparison: FisherHessianComparison) -> list[str]:
     f = comparison.fisher
+    layers = comparison.layers
+    shown = layers[[c for c in _LAYER_HEADINGS if c in layers.columns]]
+    shown = shown.rename(columns=_LAYER_HEADINGS)
     return [
         "<h2>Fisher versus Hessian, layer by layer</h2>",
         '<p class="wfx-note">Empirical Fisher F (dense blocks of '
@@ -174,7 +292,10 @@ def _fisher_hessian_text(comparison: FisherHessianComparison) -> list[str]:
         "exact Hessian H of the same blocks. Dominance statistics are of the undamped "
         "matrices; the error is ‖F_λ − H_λ‖_F / ‖H_λ‖_F, the cosine that of the OBS update "
         "directions. Medians over each layer's blocks.</p>",
-        _table_html(comparison.layers, "{:.3f}"),
+        f'<p class="wfx-note">{html.escape(DOMINANCE_SENTENCE)}</p>',
+        f'<p class="wfx-note">{html.escape(HEATMAP_SCALE_NOTE)}</p>',
+        f'<div class="wfx-table-box">{_table_html(shown, "{:.3f}")}</div>',
+        csv_link(layers, "fisher-hessian-layers"),
     ]
 
 
@@ -246,7 +367,7 @@ def write_report(
         sections.append("<h2>Tables</h2>")
         for heading, frame in tables.items():
             sections.append(f"<h3>{html.escape(heading)}</h3>")
-            sections.append(_table_html(frame))
+            sections += _frame_section(heading, frame)
     for note in notes:
         sections.append(f'<p class="wfx-note">{html.escape(note)}</p>')
     stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
@@ -274,6 +395,8 @@ def write_report(
 __all__ = [
     "fisher_hessian_figures",
     "model_table",
+    "csv_link",
     "pruning_figures_for",
+    "readable_table",
     "write_report",
 ]

@@ -30,7 +30,13 @@ DEFAULT_MAX_BLOCK_SIZE = 4096
 """Blocks larger than this are skipped when ``blocks`` is not given: a dense copy of a
 whole-layer low-rank block would take |B|² memory and O(|B|³) for eigenvalues."""
 
-DOMINANCE_COLUMNS = ("dominant_row_share", "median_row_ratio", "diagonal_frobenius_share")
+DOMINANCE_COLUMNS = (
+    "dominant_row_share",
+    "median_row_ratio",
+    "diagonal_frobenius_share",
+    "dominant_nonzero_row_share",
+    "zero_row_share",
+)
 
 
 def diagonal_dominance(matrix: torch.Tensor) -> dict[str, float]:
@@ -41,7 +47,12 @@ def diagonal_dominance(matrix: torch.Tensor) -> dict[str, float]:
 
     - ``dominant_row_share``: (1/n) #{i : r_i ≥ 1};
     - ``median_row_ratio``: median of the r_i (mean of the two middle values for even n);
-    - ``diagonal_frobenius_share``: \sum_i M_ii² / ‖M‖_F² (NaN for the zero matrix).
+    - ``diagonal_frobenius_share``: \sum_i M_ii² / ‖M‖_F² (NaN for the zero matrix);
+    - ``dominant_nonzero_row_share``: the share of dominant rows among the rows that are
+      not all zero (NaN when every row is zero) — the number to read: an all-zero row
+      (a weight whose input is always zero, e.g. a dead ReLU unit) is dominant only in the
+      trivial sense 0 ≥ 0;
+    - ``zero_row_share``: (1/n) #{i : M_ij = 0 for all j}, the rows left out above.
 
     Computed in float64; the matrix is not modified.
     """
@@ -66,10 +77,16 @@ def diagonal_dominance(matrix: torch.Tensor) -> dict[str, float]:
     )
     ratio_np = ratio.cpu().numpy()
     total = float(m.pow(2).sum())
+    zero = (absolute.sum(dim=1) == 0).cpu().numpy()
+    nonzero_dominant = (ratio_np >= 1.0)[~zero]
     return {
         "dominant_row_share": float((ratio_np >= 1.0).mean()),
         "median_row_ratio": float(np.median(ratio_np)),
         "diagonal_frobenius_share": float(diagonal.pow(2).sum()) / total if total > 0 else np.nan,
+        "dominant_nonzero_row_share": (
+            float(nonzero_dominant.mean()) if nonzero_dominant.size else np.nan
+        ),
+        "zero_row_share": float(zero.mean()),
     }
 
 
@@ -88,7 +105,7 @@ def dominance_table(
     ``blocks`` are block indices; by default every block of the layout with at most
     ``max_block_size`` weights, larger ones skipped. Columns: ``kind``, ``block``,
     ``layer``, ``parameter``, ``size``, ``dominant_row_share``, ``median_row_ratio``,
-    ``diagonal_frobenius_share``.
+    ``diagonal_frobenius_share``, ``dominant_nonzero_row_share``, ``zero_row_share``.
     """
     chosen = _select_blocks(curvature.layout, blocks, max_block_size)
     rows = []

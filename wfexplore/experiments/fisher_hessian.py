@@ -222,7 +222,8 @@ class FisherHessianCache:
         """Per block: dominance of F and H (undamped), ‖F_λ − H_λ‖/‖H_λ‖, OBS-update cosines.
 
         Columns ``block``, ``layer``, ``parameter``, ``size``, ``fisher_*`` and ``hessian_*``
-        for ``dominant_row_share``, ``median_row_ratio``, ``diagonal_frobenius_share`` and
+        for ``dominant_row_share``, ``median_row_ratio``, ``diagonal_frobenius_share``,
+        ``dominant_nonzero_row_share``, ``zero_row_share`` and
         ``mean_diagonal`` (of the undamped block), ``relative_frobenius_error``,
         ``obs_update_cosine_median``, ``obs_update_cosine_min``.
         """
@@ -258,7 +259,8 @@ class FisherHessianCache:
         (varied parameter, value, Fisher kind) with the medians over the layer's blocks of
         :meth:`compare`: columns ``varied``, ``num_samples``, ``damping``, ``batch_size``,
         ``fisher``, ``relative_frobenius_error``, ``obs_update_cosine``,
-        ``fisher_dominant_row_share``, ``fisher_mean_diagonal``, ``hessian_mean_diagonal``.
+        ``fisher_dominant_row_share``, ``fisher_dominant_nonzero_row_share``,
+        ``fisher_zero_row_share``, ``fisher_mean_diagonal``, ``hessian_mean_diagonal``.
         Ready for :func:`wfexplore.figures.curvature.effect_figure`.
         """
         settings = {"num_samples": num_samples, "damping": dampings, "batch_size": batch_sizes}
@@ -287,6 +289,10 @@ class FisherHessianCache:
                             "fisher_dominant_row_share": table[
                                 "fisher_dominant_row_share"
                             ].median(),
+                            "fisher_dominant_nonzero_row_share": table[
+                                "fisher_dominant_nonzero_row_share"
+                            ].median(),
+                            "fisher_zero_row_share": table["fisher_zero_row_share"].median(),
                             "fisher_mean_diagonal": table["fisher_mean_diagonal"].mean(),
                             "hessian_mean_diagonal": table["hessian_mean_diagonal"].mean(),
                         }
@@ -350,9 +356,11 @@ def compare_fisher_and_hessian(
     """Build F_λ (dense blocks) and H + λI (exact) and compare them block by block.
 
     ``layers`` has one row per analysed parameter: its size and number of blocks, the
-    median-over-blocks share of diagonally dominant rows and diagonal Frobenius share of
-    F and of H (undamped), the median relative Frobenius error of F_λ against H_λ and the
-    median cosine of OBS update directions.
+    median-over-blocks share of diagonally dominant rows (``*_dominant_rows``, all-zero rows
+    counted as dominant), of dominant rows among the non-zero rows
+    (``*_dominant_nonzero_rows``, the honest measure), of all-zero rows (``*_zero_rows``)
+    and the diagonal Frobenius share of F and of H (undamped), the median relative Frobenius
+    error of F_λ against H_λ and the median cosine of OBS update directions.
     """
     if layout is None:
         layout = ParameterLayout.from_model(model, block_size=block_size)
@@ -367,7 +375,13 @@ def compare_fisher_and_hessian(
     wide = dominance.pivot_table(
         index=["block", "layer", "parameter", "size"],
         columns="kind",
-        values=["dominant_row_share", "diagonal_frobenius_share"],
+        values=[
+            "dominant_row_share",
+            "dominant_nonzero_row_share",
+            "zero_row_share",
+            "diagonal_frobenius_share",
+        ],
+        dropna=False,
     )
     wide.columns = [f"{kind}_{stat}" for stat, kind in wide.columns]
     blocks = wide.reset_index().merge(
@@ -381,6 +395,10 @@ def compare_fisher_and_hessian(
             blocks=("block", "count"),
             fisher_dominant_rows=(f"{f.kind}_dominant_row_share", "median"),
             hessian_dominant_rows=(f"{h.kind}_dominant_row_share", "median"),
+            fisher_dominant_nonzero_rows=(f"{f.kind}_dominant_nonzero_row_share", "median"),
+            hessian_dominant_nonzero_rows=(f"{h.kind}_dominant_nonzero_row_share", "median"),
+            fisher_zero_rows=(f"{f.kind}_zero_row_share", "median"),
+            hessian_zero_rows=(f"{h.kind}_zero_row_share", "median"),
             fisher_diag_share=(f"{f.kind}_diagonal_frobenius_share", "median"),
             hessian_diag_share=(f"{h.kind}_diagonal_frobenius_share", "median"),
             fisher_vs_hessian_error=("relative_frobenius_error", "median"),

@@ -27,6 +27,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from wfexplore.curvature.base import AnyCurvature
+from wfexplore.figures.theme import panel_chars, wrap_text
 
 MatrixSource = AnyCurvature | torch.Tensor | np.ndarray
 """A panel of :func:`block_heatmaps`: a curvature (one of its blocks is shown) or a matrix."""
@@ -35,15 +36,32 @@ DIVERGING_COLORSCALE = "RdBu_r"
 KIND_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 
 STATISTIC_LABELS = {
-    "dominant_row_share": "share of diagonally dominant rows",
-    "dominant_nonzero_row_share": "share of dominant rows among non-zero rows",
-    "zero_row_share": "share of all-zero rows",
+    "dominant_row_share": "share of dominant rows (all-zero rows counted as dominant)",
+    "dominant_nonzero_row_share": "share of dominant rows among the non-zero rows",
+    "zero_row_share": "share of all-zero rows (dead units)",
     "median_row_ratio": "median |M_ii| / Σ_j≠i |M_ij|",
     "diagonal_frobenius_share": "share of ‖M‖²_F on the diagonal",
     "relative_frobenius_error": "‖F_λ − H_λ‖_F / ‖H_λ‖_F",
     "obs_update_cosine": "cosine of OBS update directions",
     "obs_update_cosine_median": "cosine of OBS update directions (median)",
 }
+
+DOMINANCE_STATISTICS = (
+    "dominant_nonzero_row_share",
+    "zero_row_share",
+    "diagonal_frobenius_share",
+)
+"""What the dominance figures show by default: dominance among the rows that are not all zero
+(the headline), the share of all-zero rows beside it, and the diagonal's share of ‖M‖²_F.
+
+An all-zero row (a weight whose input is always zero: a blank pixel, a dead ReLU unit) is
+dominant only in the trivial sense 0 ≥ 0; counted with the others it makes a block look
+diagonally dominant when none of its live rows is."""
+
+LEGACY_DOMINANCE_STATISTICS = ("dominant_row_share", "diagonal_frobenius_share")
+"""The default for frames without the non-zero-row columns (made before they existed)."""
+
+SUBPLOT_TITLE_SIZE = 13
 
 EFFECT_PARAMETERS = {
     "num_samples": "number of gradients m",
@@ -58,6 +76,12 @@ _LAYER_COLUMNS = {
     "hessian_dominant_rows": ("dominant_row_share", "Hessian"),
     "fisher_diag_share": ("diagonal_frobenius_share", "Fisher"),
     "hessian_diag_share": ("diagonal_frobenius_share", "Hessian"),
+}
+_OPTIONAL_LAYER_COLUMNS = {
+    "fisher_dominant_nonzero_rows": ("dominant_nonzero_row_share", "Fisher"),
+    "hessian_dominant_nonzero_rows": ("dominant_nonzero_row_share", "Hessian"),
+    "fisher_zero_rows": ("zero_row_share", "Fisher"),
+    "hessian_zero_rows": ("zero_row_share", "Hessian"),
 }
 
 
@@ -142,6 +166,7 @@ def block_heatmaps(
     colorbar_title: str = "entry",
     title: str | None = None,
     panel_size: int = 300,
+    axis_title: str = "weight index in the block",
 ) -> go.Figure:
     r"""Heatmaps of one block of several matrices side by side, plus their difference.
 
@@ -154,7 +179,11 @@ def block_heatmaps(
     With ``log_magnitude=True`` each entry x is drawn as sign(x)·log₁₀(1 + |x|/ε)
     (:func:`signed_log`); ε defaults to 10⁻³·M, so three decades below the largest entry
     stay distinguishable. The colour bar is labelled with the transform and ticked in the
-    original units; hovering shows the original value. Row i is drawn at the top.
+    original units; hovering shows the original value. Row i is drawn at the top; both axes
+    are titled ``axis_title``.
+
+    The figure sizes to its container (no fixed width; ``panel_size`` sets the height) and
+    the panel titles are wrapped to fit above their panels at 1,000 px.
     """
     matrices = heatmap_panels(panels, block, undamped=undamped, difference=difference)
     traces, coloraxis = heatmap_traces(
@@ -165,21 +194,30 @@ def block_heatmaps(
         colorbar_title=colorbar_title,
     )
     n = len(matrices)
+    spacing = 0.25 / max(n, 1)
+    chars = panel_chars(n, SUBPLOT_TITLE_SIZE, spacing=spacing)
     fig = make_subplots(
-        rows=1, cols=n, subplot_titles=list(matrices), horizontal_spacing=0.25 / max(n, 1)
+        rows=1,
+        cols=n,
+        subplot_titles=[wrap_text(label, chars) for label in matrices],
+        horizontal_spacing=spacing,
     )
     for col, trace in enumerate(traces, start=1):
         fig.add_trace(go.Heatmap(**trace), row=1, col=col)
         suffix = "" if col == 1 else str(col)
         fig.layout[f"yaxis{suffix}"].update(
-            autorange="reversed", scaleanchor=f"x{suffix}", constrain="domain"
+            autorange="reversed",
+            scaleanchor=f"x{suffix}",
+            constrain="domain",
+            title={"text": axis_title if col == 1 else None},
         )
-        fig.layout[f"xaxis{suffix}"].update(constrain="domain")
+        fig.layout[f"xaxis{suffix}"].update(constrain="domain", title={"text": axis_title})
+    fig.update_annotations(font_size=SUBPLOT_TITLE_SIZE)
     fig.update_layout(
         coloraxis=coloraxis,
-        width=panel_size * n + 160,
-        height=panel_size + 120,
-        margin={"l": 40, "r": 40, "t": 80 if title else 50, "b": 40},
+        autosize=True,
+        height=panel_size + 160,
+        margin={"l": 60, "r": 40, "t": 100 if title else 70, "b": 60},
         title=title,
     )
     return fig
@@ -251,7 +289,7 @@ def _log_colorbar(largest: float, epsilon: float, title: str) -> dict:
 # --- diagonal dominance --------------------------------------------------------------------
 def dominance_histograms(
     table: pd.DataFrame,
-    statistics: Sequence[str] = ("dominant_row_share", "diagonal_frobenius_share"),
+    statistics: Sequence[str] | None = None,
     *,
     color: str = "kind",
     bins: int = 20,
@@ -261,13 +299,13 @@ def dominance_histograms(
 
     ``table`` is a :func:`~wfexplore.statistics.dominance_table` frame, or several
     concatenated (e.g. of the Fisher and of the Hessian; relabel ``kind`` as you like).
-    One panel per statistic; the statistics lie in [0, 1], cut into ``bins`` bins.
+    One panel per statistic; the statistics lie in [0, 1], cut into ``bins`` bins. By
+    default :data:`DOMINANCE_STATISTICS` (dominance among non-zero rows first).
     """
+    statistics = _default_statistics(table, statistics)
     _require_columns(table, [color, *statistics], "table")
     kinds = list(dict.fromkeys(table[color]))
-    fig = make_subplots(
-        rows=1, cols=len(statistics), subplot_titles=[_label(s) for s in statistics]
-    )
+    fig = _panels(statistics)
     for col, stat in enumerate(statistics, start=1):
         for k, kind in enumerate(kinds):
             values = table.loc[table[color] == kind, stat].to_numpy(dtype=float)
@@ -284,10 +322,35 @@ def dominance_histograms(
                 row=1,
                 col=col,
             )
-        fig.update_xaxes(title_text=_label(stat), range=[0, 1], row=1, col=col)
+        fig.update_xaxes(range=[0, 1], row=1, col=col)
         fig.update_yaxes(title_text="blocks" if col == 1 else None, row=1, col=col)
-    fig.update_layout(barmode="overlay", title=title, height=380, legend_title_text=color)
+    fig.update_layout(
+        barmode="overlay", title=title, height=420, autosize=True, legend_title_text=color
+    )
     return fig
+
+
+def _panels(statistics: Sequence[str]) -> go.Figure:
+    """One row of panels, one per statistic, titled with its label wrapped to fit."""
+    spacing = 0.08
+    chars = panel_chars(len(statistics), SUBPLOT_TITLE_SIZE, spacing=spacing, margin=200)
+    fig = make_subplots(
+        rows=1,
+        cols=len(statistics),
+        subplot_titles=[wrap_text(_label(s), chars) for s in statistics],
+        horizontal_spacing=spacing,
+    )
+    fig.update_annotations(font_size=SUBPLOT_TITLE_SIZE)
+    fig.update_layout(margin={"t": 110})
+    return fig
+
+
+def _default_statistics(frame: pd.DataFrame, statistics: Sequence[str] | None) -> list[str]:
+    if statistics is not None:
+        return list(statistics)
+    if set(DOMINANCE_STATISTICS) <= set(frame.columns):
+        return list(DOMINANCE_STATISTICS)
+    return list(LEGACY_DOMINANCE_STATISTICS)
 
 
 def dominance_long(frame: pd.DataFrame, *, color: str = "kind") -> pd.DataFrame:
@@ -299,12 +362,13 @@ def dominance_long(frame: pd.DataFrame, *, color: str = "kind") -> pd.DataFrame:
     ``fisher_*`` / ``hessian_*`` columns, already medians over blocks).
     """
     if set(_LAYER_COLUMNS) <= set(frame.columns):
+        columns = {**_LAYER_COLUMNS, **_OPTIONAL_LAYER_COLUMNS}
         rows = []
         for _, row in frame.iterrows():
             for kind in ("Fisher", "Hessian"):
                 entry = {"layer": row["layer"], "parameter": row["parameter"], color: kind}
-                for column, (stat, k) in _LAYER_COLUMNS.items():
-                    if k == kind:
+                for column, (stat, k) in columns.items():
+                    if k == kind and column in frame.columns:
                         entry[stat] = row[column]
                 rows.append(entry)
         return pd.DataFrame(rows)
@@ -320,7 +384,7 @@ def dominance_long(frame: pd.DataFrame, *, color: str = "kind") -> pd.DataFrame:
 
 def dominance_by_layer(
     frame: pd.DataFrame,
-    statistics: Sequence[str] = ("dominant_row_share", "diagonal_frobenius_share"),
+    statistics: Sequence[str] | None = None,
     *,
     color: str = "kind",
     title: str | None = "Diagonal dominance per layer (median over blocks)",
@@ -328,14 +392,14 @@ def dominance_by_layer(
     """Grouped bars per layer, one bar per kind (e.g. Fisher and Hessian), one panel per statistic.
 
     ``frame`` is a dominance table or a ``compare_fisher_and_hessian(...).layers`` frame;
-    see :func:`dominance_long`.
+    see :func:`dominance_long`. By default :data:`DOMINANCE_STATISTICS` (dominance among
+    non-zero rows first, the share of all-zero rows beside it) when the frame has them.
     """
     long = dominance_long(frame, color=color)
+    statistics = _default_statistics(long, statistics)
     _require_columns(long, list(statistics), "frame")
     kinds = list(dict.fromkeys(long[color]))
-    fig = make_subplots(
-        rows=1, cols=len(statistics), subplot_titles=[_label(s) for s in statistics]
-    )
+    fig = _panels(statistics)
     for col, stat in enumerate(statistics, start=1):
         for k, kind in enumerate(kinds):
             part = long[long[color] == kind]
@@ -355,7 +419,9 @@ def dominance_by_layer(
         if stat != "median_row_ratio":
             fig.update_yaxes(range=[0, 1], row=1, col=col)
         fig.update_xaxes(title_text="layer", row=1, col=col)
-    fig.update_layout(barmode="group", title=title, height=380, legend_title_text=color)
+    fig.update_layout(
+        barmode="group", title=title, height=420, autosize=True, legend_title_text=color
+    )
     return fig
 
 

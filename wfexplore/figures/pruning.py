@@ -29,6 +29,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from wfexplore.experiments.common import METHOD_LABELS, method_label
+from wfexplore.figures.theme import ink
 from wfexplore.pruning.prune import PruningResult
 from wfexplore.pruning.saliency import Saliency
 
@@ -282,7 +283,7 @@ def accuracy_vs_sparsity(
                     name="unpruned",
                     legendgroup="unpruned",
                     showlegend=r == 1,
-                    line={"color": "black", "dash": "dot", "width": 1},
+                    line={"color": ink(), "dash": "dot", "width": 1},
                     hovertemplate=f"unpruned {column} %{{y:.4g}}<extra></extra>",
                 ),
                 row=r,
@@ -296,6 +297,7 @@ def accuracy_vs_sparsity(
     fig.update_layout(
         title=title,
         height=360 * len(ys) + 40,
+        autosize=True,
         legend_title_text="",
         hovermode="closest",
     )
@@ -328,14 +330,15 @@ def marker_traces(frame: pd.DataFrame, ys: Sequence[str], sparsity: float) -> li
                 mode="markers+lines",
                 name="at sparsity",
                 legendgroup="at sparsity",
+                legendgrouptitle={"text": f"rings and dashed line: {s:.0%} sparsity"},
                 showlegend=r == 1,
                 marker={
                     "size": [14] * len(values) + [0, 0, 0],
                     "symbol": "circle-open",
-                    "color": "black",
+                    "color": ink(),
                     "line": {"width": 2},
                 },
-                line={"color": "rgba(0,0,0,0.35)", "width": 1, "dash": "dash"},
+                line={"color": "rgba(128,128,128,0.6)", "width": 1, "dash": "dash"},
                 hovertemplate=f"sparsity %{{x:.3g}}<br>{column} %{{y:.4g}}<extra></extra>",
                 xaxis=f"x{suffix}",
                 yaxis=f"y{suffix}",
@@ -397,7 +400,7 @@ def layer_sparsity_bars(
         fig.add_hline(
             y=sparsity,
             line_dash="dash",
-            line_color="black",
+            line_color=ink(),
             annotation_text=f"overall {sparsity:.0%}",
             annotation_position="top left",
         )
@@ -494,7 +497,7 @@ def sensitivity_scatter(
             y=[low, high],
             mode="lines",
             name="y = x",
-            line={"color": "black", "dash": "dash", "width": 1},
+            line={"color": ink(), "dash": "dash", "width": 1},
             hoverinfo="skip",
         )
     )
@@ -683,11 +686,18 @@ def mask_traces(
                 "xgap": 0,
                 "ygap": 0,
                 "hovertemplate": "row %{y}, column %{x}: %{text}<extra>" + str(label) + "</extra>",
+                # horizontal, under the panels: the labels ("compensated") are never cut off
                 "colorbar": {
                     "tickvals": [0, 1, 2],
                     "ticktext": list(CATEGORY_NAMES),
-                    "title": {"text": "weight"},
-                    "len": 0.8,
+                    "title": {"text": "weight", "side": "top"},
+                    "orientation": "h",
+                    "x": 0.5,
+                    "xanchor": "center",
+                    "y": -0.04,
+                    "yanchor": "top",
+                    "len": 0.6,
+                    "thickness": 14,
                 },
                 "meta": counts,
             }
@@ -746,10 +756,10 @@ def mask_figure(
         )
     fig.update_layout(
         title=title,
-        width=max(panel_size * n + 120, 420),
-        height=panel_size + 110,
-        margin={"l": 20, "r": 20, "t": 110 if title else 70, "b": 20},
-        plot_bgcolor="white",
+        autosize=True,
+        height=panel_size + 180,
+        margin={"l": 20, "r": 20, "t": 110 if title else 70, "b": 90},
+        plot_bgcolor="rgba(0,0,0,0)",
     )
     return fig
 

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
-from wfexplore.quadratic import Quadratic, QuadraticComparison, compare_rules
+from wfexplore.figures.theme import ink
+from wfexplore.quadratic import RULES, Quadratic, QuadraticComparison, compare_rules
 
 __all__ = [
     "RULE_STYLE",
@@ -22,6 +23,8 @@ __all__ = [
     "quadratic_figure",
     "quadratic_figure_update",
     "quadratic_title",
+    "saliency_bars",
+    "saliency_bars_update",
 ]
 
 TRACE_NAMES = (
@@ -93,6 +96,8 @@ def _level_set(quadratic: Quadratic, level: float) -> tuple[np.ndarray, np.ndarr
 
 
 def _hover(rule_label: str, removed: str, delta: float, predicted: float) -> str:
+    if rule_label == "magnitude":  # ½w² is OBS's formula with H = I, no loss prediction
+        return f"{rule_label} removes {removed}<br>actual δL = {delta:.4g}"
     return (
         f"{rule_label} removes {removed}<br>actual δL = {delta:.4g}"
         f"<br>predicted δL = {predicted:.4g}"
@@ -202,7 +207,7 @@ def quadratic_figure(
         go.Scatter(
             name=TRACE_NAMES[7],
             mode="markers",
-            marker={"symbol": "circle", "size": 11, "color": "black"},
+            marker={"symbol": "circle", "size": 11, "color": ink()},
             hovertemplate="%{text}<extra></extra>",
             **traces[7],
         )
@@ -232,7 +237,6 @@ def quadratic_figure(
     fig.update_layout(
         height=height,
         margin={"l": 60, "r": 20, "t": 60, "b": 110},
-        template="plotly_white",
         title={"x": 0.5, "xanchor": "center", "font": {"size": 14}},
         xaxis={"title": {"text": "w1"}, "zeroline": False, "constrain": "domain"},
         yaxis={
@@ -243,6 +247,71 @@ def quadratic_figure(
             "constrain": "domain",
         },
         legend={"orientation": "h", "x": 0.0, "y": -0.14, "yanchor": "top"},
+    )
+    fig.update_layout(**layout)
+    return fig
+
+
+# --- three weights and more: saliencies as bars ------------------------------------------------
+BAR_TRACE_NAMES = ("magnitude ½w²", "OBD ½H_qq w²", "OBS w²/(2[H⁻¹]_qq)", "δL with the best update")
+"""Trace names of :func:`saliency_bars`, in the order of ``figure.data``."""
+
+
+def saliency_bars_update(comparison: QuadraticComparison) -> tuple[list[dict], dict]:
+    """Per-trace properties (in :data:`BAR_TRACE_NAMES` order) and layout of the bar figure."""
+    names = [f"w{i + 1}" for i in range(comparison.quadratic.dim)]
+    traces = []
+    for r in comparison.rules:
+        edge = [3 if i == r.removed else 0 for i in range(len(names))]
+        traces.append(
+            {
+                "x": names,
+                "y": list(r.saliencies),
+                "marker": {"line": {"width": edge, "color": ink()}},
+                "text": ["removes" if i == r.removed else "" for i in range(len(names))],
+            }
+        )
+    traces.append({"x": names, "y": list(comparison.best_costs)})
+    layout = {"title": {"text": quadratic_title(comparison)}}
+    return traces, layout
+
+
+def saliency_bars(comparison: QuadraticComparison, *, height: int = 480) -> go.Figure:
+    """Each rule's saliency of every weight (the outlined bar is the weight it removes) and
+    the true cost of removing each weight followed by the best update of the others.
+
+    The picture for three weights and more, where the contour plot no longer fits: OBD picks
+    wrong when its outlined bar is not above the lowest diamond.
+    """
+    traces, layout = saliency_bars_update(comparison)
+    fig = go.Figure()
+    for rule, name, props in zip(RULES, BAR_TRACE_NAMES, traces, strict=False):
+        fig.add_trace(
+            go.Bar(
+                name=name,
+                marker_color=RULE_STYLE[rule]["color"],
+                textposition="outside",
+                hovertemplate=f"{name}<br>%{{x}}: %{{y:.4g}}<extra></extra>",
+                **props,
+            )
+        )
+    fig.add_trace(
+        go.Scatter(
+            name=BAR_TRACE_NAMES[3],
+            mode="markers",
+            marker={"symbol": "diamond-wide", "size": 16, "color": ink()},
+            hovertemplate="remove %{x}, best update: δL = %{y:.4g}<extra></extra>",
+            **traces[3],
+        )
+    )
+    fig.update_layout(
+        barmode="group",
+        height=height,
+        margin={"l": 60, "r": 20, "t": 60, "b": 110},
+        title={"x": 0.5, "xanchor": "center", "font": {"size": 14}},
+        xaxis={"title": {"text": "weight removed"}},
+        yaxis={"title": {"text": "saliency / δL"}, "rangemode": "tozero"},
+        legend={"orientation": "h", "x": 0.0, "y": -0.16, "yanchor": "top"},
     )
     fig.update_layout(**layout)
     return fig

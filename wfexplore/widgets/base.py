@@ -19,12 +19,22 @@ import traitlets
 
 from wfexplore.experiments.common import ImpossibleSetting
 
-NOTE = "color:#555;margin:2px 0"
-ERROR = "color:#b00020;font-weight:bold;margin:2px 0"
+# JupyterLab's theme variables, with light fallbacks: readable in Light, Dark and Voilà
+# (the plain colour first, for pages without the variables)
+NOTE = "color:#555;color:var(--jp-ui-font-color2, #555555);margin:2px 0"
+ERROR = "color:#b00020;color:var(--jp-error-color1, #b00020);font-weight:bold;margin:2px 0"
+RELOAD_HINT = (
+    "A notebook saved with its outputs and opened again shows “Error displaying widget: "
+    "model not found” in place of a dashboard: the widgets live in the kernel, so run the "
+    "cells again (Run ▸ Run All Cells)."
+)
 
 __all__ = [
     "ERROR",
     "NOTE",
+    "RELOAD_HINT",
+    "SaveBar",
+    "ToggleSet",
     "ComputingDashboard",
     "Dashboard",
     "FigureSlot",
@@ -72,6 +82,78 @@ class FigureSlot:
         return self.figure
 
 
+class ToggleSet(widgets.HBox):
+    """Several choices, each a toggle button: ``value`` is the tuple of those pressed, in
+    ``options`` order. One click picks or drops one choice (no Ctrl-click)."""
+
+    value = traitlets.Tuple()
+
+    def __init__(self, options: list[tuple[str, str]], value: tuple = (), **kwargs):
+        self.buttons = {
+            key: widgets.ToggleButton(description=label, value=key in value, tooltip=label)
+            for label, key in options
+        }
+        super().__init__(list(self.buttons.values()), **kwargs)
+        self._syncing = False
+        self.value = tuple(key for key in self.buttons if key in value)
+        for button in self.buttons.values():
+            button.layout = widgets.Layout(width="auto")
+            button.observe(lambda _: self._from_buttons(), names="value")
+        self.observe(lambda _: self._to_buttons(), names="value")
+
+    def _from_buttons(self) -> None:
+        if self._syncing:
+            return
+        pressed = tuple(key for key, button in self.buttons.items() if button.value)
+        if pressed != self.value:
+            self.value = pressed
+
+    def _to_buttons(self) -> None:
+        self._syncing = True
+        try:
+            for key, button in self.buttons.items():
+                if button.value != (key in self.value):
+                    button.value = key in self.value
+        finally:
+            self._syncing = False
+
+
+class SaveBar:
+    """A file name, a "save" button and a line saying what was written.
+
+    Clicking writes the dashboard's current figures and tables (``dashboard.saved()``: a
+    title, heading → figure, heading → frame) to one self-contained HTML file with the
+    report's writer (:func:`wfexplore.report.write_report`).
+    """
+
+    def __init__(self, dashboard: Dashboard, default_name: str):
+        self.dashboard = dashboard
+        self.path = widgets.Text(
+            value=default_name, description="save as", layout=widgets.Layout(width="320px")
+        )
+        self.button = widgets.Button(description="save", icon="save", tooltip="save as HTML")
+        self.status = widgets.HTML("")
+        for part, name in ((self.path, "save-path"), (self.button, "save")):
+            part.add_class(f"{dashboard.prefix}-{name}")
+        self.status.add_class(f"{dashboard.prefix}-save-status")
+        self.button.on_click(lambda _: self.save())
+        self.widget = widgets.HBox([self.path, self.button, self.status])
+
+    def save(self, path: str | None = None):
+        """Write the HTML file (to ``path`` or the name typed) and return its path."""
+        from wfexplore.report import write_report
+
+        target = path or self.path.value.strip() or "wfexplore-dashboard.html"
+        title, figures, tables = self.dashboard.saved()
+        try:
+            written = write_report(target, title=title, figures=figures, tables=tables)
+        except OSError as err:
+            self.status.value = message_html(f"Could not write {target}: {err}", error=True)
+            return None
+        self.status.value = message_html(f"Saved to {written}")
+        return written
+
+
 class Dashboard:
     """A ``state`` model, controls bound to it and the ``widget`` to display.
 
@@ -107,6 +189,14 @@ class Dashboard:
             control.add_class(f"{self.prefix}-{name}")
             if name in traits:
                 traitlets.link((self.state, traits[name]), (control, "value"))
+
+    def saved(self) -> tuple[str, dict[str, go.Figure], dict]:
+        """What "save" writes: a title, heading → current figure, heading → current table."""
+        return self.prefix, {}, {}
+
+    def save(self, path: str) -> object:
+        """Write the current figures and tables to a self-contained HTML file at ``path``."""
+        return SaveBar(self, path).save(path)
 
     def show(self) -> None:
         """Display the dashboard (then compute what it shows, where it computes)."""

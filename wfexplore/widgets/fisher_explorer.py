@@ -23,13 +23,15 @@ from torch import nn
 
 from wfexplore.experiments import FisherHessianCache, ImpossibleSetting
 from wfexplore.figures.curvature import block_heatmaps, heatmap_traces
-from wfexplore.widgets.base import ComputingDashboard
+from wfexplore.widgets.base import ComputingDashboard, SaveBar
 
 DEFAULT_BLOCK_SIZES = (4, 8, 16, 32, 64, 128, 256)
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 FISHER_CHOICES = (("empirical Fisher", "empirical"), ("true Fisher", "true"))
 _STAT_ROWS = {
-    "dominant_row_share": "share of diagonally dominant rows",
+    "dominant_nonzero_row_share": "share of dominant rows among the non-zero rows",
+    "zero_row_share": "share of all-zero rows (dead units; dominant only as 0 ≥ 0)",
+    "dominant_row_share": "share of dominant rows, all-zero rows counted",
     "median_row_ratio": "median row ratio |M_ii| / Σ_j≠i |M_ij|",
     "diagonal_frobenius_share": "share of ‖M‖²_F on the diagonal",
     "mean_diagonal": "mean diagonal entry",
@@ -167,12 +169,14 @@ class FisherHessianExplorer(ComputingDashboard):
         controls = widgets.VBox(
             [widgets.HTML(_INTRO), *self.controls.values()], layout=widgets.Layout(width="440px")
         )
+        self.save_bar = SaveBar(self, "fisher-vs-hessian.html")
         self.widget = widgets.VBox(
             [
                 widgets.HBox([controls, self.stats], layout=widgets.Layout(flex_flow="row wrap")),
                 self.message,
                 self.progress_box,
                 self.heatmap,
+                self.save_bar.widget,
             ]
         )
         self.widget.add_class("wfx-fisher")
@@ -344,6 +348,19 @@ class FisherHessianExplorer(ComputingDashboard):
             f"<td>{c['obs_update_cosine_median']:.3f}, {c['obs_update_cosine_min']:.3f}</td></tr>"
             "<tr><td>λ / mean diagonal of F</td>"
             f"<td>{c['damping_over_mean_fisher_diagonal']:.3g}</td></tr></table>"
+        )
+
+    def saved(self) -> tuple[str, dict[str, go.Figure], dict]:
+        s = self.setting
+        statistics = getattr(self, "statistics", None)
+        tables = {}
+        if statistics is not None:
+            tables["Block statistics (without λ)"] = statistics.reset_index(names="matrix")
+            tables["Fisher against Hessian"] = pd.DataFrame([self.comparison])
+        return (
+            f"Fisher versus Hessian: {s['layer']}, block {s['block']}",
+            {"Heatmaps": go.Figure(self.figure)},
+            tables,
         )
 
 

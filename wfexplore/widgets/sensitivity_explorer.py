@@ -30,7 +30,7 @@ from wfexplore.figures.pruning import (
 )
 from wfexplore.params import BlockSpec
 from wfexplore.pruning import Saliency
-from wfexplore.widgets.base import ComputingDashboard, FigureSlot
+from wfexplore.widgets.base import ComputingDashboard, FigureSlot, SaveBar, ToggleSet
 
 DEFAULT_METHODS = ("magnitude", "obd", "woodfisher")
 DEFAULT_SPARSITIES = (0.1, 0.3, 0.5, 0.7, 0.9)
@@ -108,16 +108,13 @@ class LayerSensitivityExplorer(ComputingDashboard):
             SensitivityState(layer=layer or layers[0], methods=tuple(methods)),
         )
         self.layer = widgets.Dropdown(options=[*layers, ALL_LAYERS], description="layer")
-        self.methods = widgets.SelectMultiple(
-            options=[(method_label(m), m) for m in methods],
-            rows=len(methods),
-            description="methods",
-        )
+        self.methods = ToggleSet([(method_label(m), m) for m in methods], value=tuple(methods))
         self.log_scale = widgets.Checkbox(description="log axes")
         traits = {"layer": "layer", "methods": "methods", "log": "log_scale"}
         self.bind(self.controls, traits, style={"description_width": "90px"})
         self.table = widgets.HTML("")
         self.table.add_class("wfx-sensitivity-table")
+        self.save_bar = SaveBar(self, "layer-sensitivity.html")
         self.slots = {
             "saliency": FigureSlot(
                 "wfx-sensitivity-saliency", {"height": 400, "title": "Saliencies"}
@@ -137,6 +134,7 @@ class LayerSensitivityExplorer(ComputingDashboard):
                     layout={"flex_flow": "row wrap"},
                 ),
                 self.table,
+                self.save_bar.widget,
             ]
         )
         self.widget.add_class("wfx-sensitivity")
@@ -199,7 +197,7 @@ class LayerSensitivityExplorer(ComputingDashboard):
         try:
             if not self.setting["methods"]:
                 raise ImpossibleSetting(
-                    "No method is selected: choose at least one (Ctrl/Shift-click for several). "
+                    "No method is selected: press at least one of the method buttons. "
                     "The figures still show the last choice that could be drawn."
                 )
             self.compute()
@@ -264,9 +262,37 @@ class LayerSensitivityExplorer(ComputingDashboard):
         self.table.value = self._table_html(rows)
         return notes
 
+    def layer_summary(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """One row per layer: for each method, the measured δL at the largest sparsity and the
+        median of predicted / actual δL over the sparsities (1 = the quadratic model is right)."""
+        top = rows["sparsity"].max()
+        out = pd.DataFrame(index=pd.Index(list(dict.fromkeys(rows["parameter"])), name="layer"))
+        for method, part in rows.groupby("method", sort=False):
+            label = method_label(method)
+            at_top = part[part["sparsity"] == top].set_index("parameter")["actual_delta_loss"]
+            ratio = (part["predicted_delta_loss"] / part["actual_delta_loss"]).groupby(
+                part["parameter"]
+            )
+            out[f"{label}: δL at {top:.0%}"] = at_top
+            out[f"{label}: predicted / actual (median)"] = ratio.median()
+        return out.reset_index()
+
     def _table_html(self, rows: pd.DataFrame) -> str:
         if not len(rows):
             return ""
+        if self.setting["layer"] == ALL_LAYERS:
+            summary = self.layer_summary(rows)
+            return (
+                "<p><b>All layers, each pruned alone</b> (one row per layer; pick a layer "
+                "for every sparsity)</p>"
+                + summary.to_html(
+                    index=False,
+                    border=0,
+                    classes="wfx-sensitivity-numbers wfx-sensitivity-summary",
+                    float_format=lambda v: f"{v:.3g}",
+                    na_rep="–",
+                )
+            )
         columns = [
             "method",
             "parameter",
@@ -282,6 +308,19 @@ class LayerSensitivityExplorer(ComputingDashboard):
             border=0,
             classes="wfx-sensitivity-numbers",
             float_format=lambda v: f"{v:.4g}",
+        )
+
+    def saved(self) -> tuple[str, dict[str, go.Figure], dict]:
+        s = self.setting
+        rows = self.layer_rows(s)
+        table = self.layer_summary(rows) if s["layer"] == ALL_LAYERS and len(rows) else rows
+        return (
+            f"Per-layer sensitivity: {s['layer']}",
+            {
+                "Saliencies": go.Figure(self.saliency),
+                "Predicted against actual δL": go.Figure(self.scatter),
+            },
+            {"Each layer pruned alone": table} if len(table) else {},
         )
 
 
