@@ -284,13 +284,25 @@ def activation_bytes_of(model: torch.nn.Module, example: torch.Tensor) -> int:
 
 
 def first_input(data) -> torch.Tensor | None:
-    """The inputs of the first batch of ``data`` (a tensor is its own input), or None for a
-    one-shot iterator (which is not read here) or a batch without tensor inputs."""
+    """One example's inputs, with a batch dimension: a tensor is its own input; a loader over a
+    dataset gives its first item, and any other re-iterable its first batch, read with the
+    random state saved and restored (a shuffling loader's later order is not changed). A
+    one-shot iterator is not read (None), nor a batch without tensor inputs."""
     if data is None or isinstance(data, torch.Tensor):
         return data
+    dataset = getattr(data, "dataset", None)
+    if dataset is not None and hasattr(dataset, "__getitem__"):
+        try:
+            item = dataset[0]
+        except (IndexError, KeyError, TypeError):
+            item = None
+        x = item[0] if isinstance(item, tuple | list) and item else item
+        if isinstance(x, torch.Tensor):
+            return x.unsqueeze(0)
     if iter(data) is data:
         return None
-    batch = next(iter(data), None)
+    with torch.random.fork_rng(devices=[]):
+        batch = next(iter(data), None)
     if isinstance(batch, tuple | list) and batch and isinstance(batch[0], torch.Tensor):
         return batch[0]
     return None
