@@ -152,9 +152,9 @@ def test_sizing_activations_leaves_a_shuffling_loader_and_the_random_state_alone
 
     dataset = TensorDataset(torch.randn(20, 6, dtype=torch.float64), torch.zeros(20).long())
     shuffled = DataLoader(dataset, batch_size=5, shuffle=True)
+    batches = [[torch.randn(3, 6, dtype=torch.float64), torch.zeros(3).long()]]
     state = torch.get_rng_state()
     assert torch.equal(first_input(shuffled), dataset[0][0].unsqueeze(0))
-    batches = [[torch.randn(3, 6, dtype=torch.float64), torch.zeros(3).long()]]
     assert first_input(batches).shape == (3, 6)
     assert first_input(iter(batches)) is None  # a one-shot iterator is not read
     wfexplore.plan(mlp, "woodfisher", example=shuffled, max_memory_gb=1.0)
