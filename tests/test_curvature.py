@@ -181,3 +181,11 @@ def test_mini_batch_gradients_shrink_the_fisher(mlp, mlp_loader):
     )
     ratio = batched.diag().sum() / per_example.diag().sum()
     assert ratio < 0.6
+
+
+def test_a_whole_gradient_matrix_is_held_as_it_is_not_copied(gradients):
+    layout = synthetic_layout(block_size="layer")
+    held = from_gradients(gradients, layout, "lowrank").gradients
+    assert held.data_ptr() == gradients.data_ptr()
+    streamed = from_gradients(iter(gradients.split(7)), layout, "lowrank", num_samples=30)
+    torch.testing.assert_close(streamed.gradients, gradients, rtol=0, atol=0)

@@ -191,6 +191,9 @@ class GradientStore:
         if self.num_samples is None:
             self.chunks.append(chunk)
             return
+        if self.rows is None and chunk.shape[0] == self.num_samples:
+            self.rows, self.filled = chunk, chunk.shape[0]  # G given whole: held, not copied
+            return
         if self.rows is None:
             shape = (self.num_samples, chunk.shape[1])
             self.rows = torch.empty(shape, dtype=chunk.dtype, device=chunk.device)
