@@ -127,7 +127,9 @@ def test_the_curvature_is_re_estimated_on_the_trained_model_in_eval_mode(
 ):
     model = nn.Sequential(*bn_cnn[:2], ModeRecorder(), *bn_cnn[2:])
     seen = []
-    original = gradual_module.method_curvature
+    from wfexplore.pruning import prune as prune_module  # RunOptions.curvature calls it there
+
+    original = prune_module.method_curvature
 
     def spy(work, *args, **kwargs):
         seen.append({k: v.detach().clone() for k, v in work.state_dict().items()})
@@ -136,7 +138,7 @@ def test_the_curvature_is_re_estimated_on_the_trained_model_in_eval_mode(
         seen[-1]["modes"] = list(ModeRecorder.modes)
         return out
 
-    monkeypatch.setattr(gradual_module, "method_curvature", spy)
+    monkeypatch.setattr(prune_module, "method_curvature", spy)
     model.train()  # the caller's mode does not leak into the curvature
     ModeRecorder.modes = []
     result = run(model, cnn_loader, OBD)

@@ -54,16 +54,16 @@ def test_layer_sensitivity_prunes_one_layer_at_a_time(mlp, mlp_loader, fisher):
 
 
 def test_layer_sensitivity_estimates_the_curvature_once(mlp, mlp_loader, monkeypatch):
-    from wfexplore.pruning import sensitivity
+    from wfexplore.pruning import prune as prune_module  # RunOptions.curvature calls it there
 
     calls = []
-    original = sensitivity.method_curvature
+    original = prune_module.method_curvature
 
     def counted(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(sensitivity, "method_curvature", counted)
+    monkeypatch.setattr(prune_module, "method_curvature", counted)
     settings = PruningSettings("kfac", num_samples=16)
     frame = layer_sensitivity(mlp, settings, mlp_loader, sparsities=(0.1, 0.5, 0.9), progress=False)
     assert len(calls) == 1 and len(frame) == 6

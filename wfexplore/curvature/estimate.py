@@ -127,6 +127,7 @@ def estimate_curvature(
     progress: bool = True,
     process_group=None,
     distributed: bool = True,
+    planned: bool = False,
 ) -> Curvature:
     """The Fisher M = (1/m) Σ_n g_n g_nᵀ of ``model`` on ``data``, held as ``representation``.
 
@@ -143,7 +144,8 @@ def estimate_curvature(
     couples them to nothing (not for K-FAC, whose Kronecker structure cannot hold a mask).
     The result is undamped: pass λ to its inverse operations, or use ``.damped(λ)``.
     Before any gradient is computed, the plan of the work (:mod:`.plan`) is checked against
-    ``max_memory_gb`` (default: a safe share of the free memory of the model's device).
+    ``max_memory_gb`` (default: a safe share of the free memory of the model's device);
+    ``planned=True`` says the caller has checked it already.
 
     Under ``torch.distributed`` (an initialised process group, or ``process_group``; opt out
     with ``distributed=False``) each rank passes its own shard of the data and takes
@@ -163,16 +165,8 @@ def estimate_curvature(
     if max_memory_gb is None:
         max_memory_gb = default_budget_gb(first.device)
     representation = resolve_representation(representation, layout, num_samples, max_memory_gb)
-    plan_curvature(
-        layout,
-        representation,
-        num_samples,
-        itemsize=first.element_size(),
-        model_bytes=sum(p.numel() * p.element_size() for p in model.parameters()),
-        budget_gb=max_memory_gb,
-        activation_bytes=_activations(model, data),
-        batch_size=batch_size,
-    ).check()
+    if not planned:
+        _check_plan(model, data, layout, representation, num_samples, batch_size, max_memory_gb)
     ranks = Ranks.active(distributed, process_group)
     local = num_samples
     if ranks is not None:
@@ -210,6 +204,21 @@ def estimate_curvature(
         max_memory_gb=max_memory_gb,
         ranks=ranks,
     )
+
+
+def _check_plan(model, data, layout, representation, num_samples, batch_size, budget_gb):
+    """Refuse the work before any gradient when its plan is over ``budget_gb``."""
+    first = next(model.parameters())
+    plan_curvature(
+        layout,
+        representation,
+        num_samples,
+        itemsize=first.element_size(),
+        model_bytes=sum(p.numel() * p.element_size() for p in model.parameters()),
+        budget_gb=budget_gb,
+        activation_bytes=_activations(model, data),
+        batch_size=batch_size,
+    ).check()
 
 
 def _activations(model: nn.Module, data) -> int:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,18 +39,14 @@ from wfexplore.pruning import (
     run_protocol,
 )
 from wfexplore.pruning.cache import (
-    cache_folder,
-    model_fingerprint_or_none,
+    open_cache,
     prefix_hashes,
     read_cached,
     write_cached,
 )
 from wfexplore.pruning.estimation import take_examples, with_changes
 from wfexplore.pruning.fingerprints import (
-    Unfingerprintable,
-    callable_key,
     data_fingerprint,
-    model_fingerprint,
 )
 from wfexplore.pruning.masked_training import seeded
 from wfexplore.pruning.masks import check_sparsity
@@ -188,33 +183,19 @@ class _ProtocolRun:
         self.key: dict = {}
 
     def open_cache(self, cache, cache_key, settings: list[PruningSettings]) -> None:
-        folder = cache_folder(cache)
-        if folder is None:
+        opened = open_cache(
+            cache,
+            cache_key,
+            "protocol sweep",
+            self.model,
+            loss_fn=self.options.loss_fn,
+            optimizer=self.training.optimizer,
+            lr_schedule=self.training.lr_schedule,
+        )
+        if opened is None:
             return
-        if cache_key is not None and not isinstance(cache_key, str):
-            raise TypeError(f"cache_key must be a string, got {type(cache_key).__name__}")
-        try:
-            seen = {
-                "model": model_fingerprint(self.model),
-                "loss_fn": callable_key(self.options.loss_fn),
-                "optimizer": callable_key(self.training.optimizer, "optimizer"),
-                "lr_schedule": None
-                if self.training.lr_schedule is None
-                else callable_key(self.training.lr_schedule, "lr_schedule"),
-            }
-        except Unfingerprintable as err:
-            if cache_key is None:
-                warnings.warn(
-                    f"caching is off for this protocol sweep: {err}, so a cached point could "
-                    "belong to another experiment; pass cache_key='<what they are>' to cache "
-                    "anyway, or cache=False to silence this",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-                return
-            seen = {"model": model_fingerprint_or_none(self.model)}
-        self.folder = folder
-        self.key = {**self._base_key(settings), **seen, "cache_key": cache_key}
+        self.folder, seen = opened
+        self.key = {**self._base_key(settings), **seen}
 
     def _base_key(self, settings: list[PruningSettings]) -> dict:
         seed = self.training.seed

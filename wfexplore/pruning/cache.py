@@ -18,6 +18,7 @@ from torch import nn
 
 from wfexplore.pruning.fingerprints import (
     Unfingerprintable,
+    callable_key,
     model_fingerprint,
     update_with_tensor,
 )
@@ -30,6 +31,35 @@ def model_fingerprint_or_none(model: nn.Module) -> str | None:
         return model_fingerprint(model)
     except Unfingerprintable:
         return None
+
+
+def open_cache(cache, cache_key: str | None, what: str, model: nn.Module, **callables):
+    """``(folder, seen)`` — the cache folder and the fingerprints of ``model`` and of the named
+    ``callables`` (None stays None) — or None when ``cache`` is off, or when what determines
+    the rows cannot be seen (a lambda, a closure) and no ``cache_key`` names it (a warning
+    says that caching is off for this ``what``)."""
+    folder = cache_folder(cache)
+    if folder is None:
+        return None
+    if cache_key is not None and not isinstance(cache_key, str):
+        raise TypeError(f"cache_key must be a string, got {type(cache_key).__name__}")
+    try:
+        seen = {"model": model_fingerprint(model)}
+        seen.update(
+            {name: None if fn is None else callable_key(fn, name) for name, fn in callables.items()}
+        )
+    except Unfingerprintable as err:
+        if cache_key is None:
+            warnings.warn(
+                f"caching is off for this {what}: {err}, so a cached row could belong to "
+                "another experiment; pass cache_key='<what the model and loss are>' to cache "
+                "anyway, or cache=False to silence this",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return None
+        seen = {"model": model_fingerprint_or_none(model)}
+    return folder, {**seen, "cache_key": cache_key}
 
 
 def cache_folder(cache) -> Path | None:

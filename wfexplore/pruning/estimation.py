@@ -193,6 +193,7 @@ def method_curvature(
     progress: bool = False,
     process_group=None,
     distributed: bool = True,
+    planned: bool = False,
 ) -> DampedCurvature:
     """C = M + λI of ``settings.method`` for ``model`` on ``examples``.
 
@@ -215,6 +216,7 @@ def method_curvature(
         progress=progress,
         process_group=process_group,
         distributed=distributed,
+        planned=planned,
     )
     return curvature.damped(settings.curvature_damping, relative=settings.relative_damping)
 

@@ -38,7 +38,7 @@ from wfexplore._checks import check_reusable, one_of, positive_float, positive_i
 from wfexplore.copies import private_copy
 from wfexplore.examples import take_examples
 from wfexplore.params import ParameterLayout
-from wfexplore.pruning.estimation import PruningSettings, method_curvature, with_changes
+from wfexplore.pruning.estimation import PruningSettings, with_changes
 from wfexplore.pruning.evaluation import evaluate_model
 from wfexplore.pruning.masked_training import MaskHolder, TrainingSettings, seeded, train_epochs
 from wfexplore.pruning.masks import Sparsity, layer_sparsities, select_pruned
@@ -382,6 +382,8 @@ def _prepare(
     if inputs.data is None:
         inputs.data = inputs.train_data
     _check_data(inputs, settings, options)
+    options = options.with_budget(inputs.model)
+    options.plan(inputs.model, settings, example=inputs.data).check()
     layout = options.layout(inputs.model, settings)
     start = (layout.flatten(inputs.model).detach() == 0).cpu()
     steps = len(inputs.plan.step_epochs)
@@ -451,15 +453,7 @@ class _Run:
 
         def provider(step, model, keep):
             start = time.perf_counter()
-            curvature = method_curvature(
-                model,
-                examples,
-                layout,
-                settings,
-                keep=keep,
-                loss_fn=options.loss_fn,
-                max_memory_gb=options.max_memory_gb,
-            )
+            curvature = options.curvature(model, examples, layout, settings, keep, progress=False)
             inverse_diag = curvature.inverse_diag()
             timing["curvature"] += time.perf_counter() - start
             return curvature, inverse_diag

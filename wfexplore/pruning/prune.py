@@ -140,6 +140,26 @@ class RunOptions:
             return self
         return replace(self, max_memory_gb=default_budget_gb(next(model.parameters()).device))
 
+    def curvature(
+        self, model: nn.Module, examples, layout: ParameterLayout, settings: PruningSettings,
+        keep: torch.Tensor | None = None, progress: bool | None = None,
+    ) -> AnyCurvature:  # fmt: skip
+        """C of ``settings`` on ``examples`` with these options (loss, memory, process group);
+        the caller has checked the plan (:meth:`plan`), so it is not estimated again."""
+        return method_curvature(
+            model,
+            examples,
+            layout,
+            settings,
+            keep=keep,
+            loss_fn=self.loss_fn,
+            max_memory_gb=self.max_memory_gb,
+            progress=self.progress if progress is None else progress,
+            process_group=self.process_group,
+            distributed=self.distributed,
+            planned=True,
+        )
+
     def plan(self, model: nn.Module, settings: PruningSettings, **kwargs) -> Plan:
         """The checked plan of ``settings`` on ``model`` (refused when over the budget)."""
         layout = self.layout(model, settings)
@@ -250,19 +270,7 @@ def prune_model(
         settings = how
 
         def provider(step, work, keep):
-            curvature = method_curvature(
-                work,
-                examples,
-                layout,
-                settings,
-                keep=keep,
-                loss_fn=options.loss_fn,
-                max_memory_gb=options.max_memory_gb,
-                progress=options.progress,
-                process_group=options.process_group,
-                distributed=options.distributed,
-            )
-            return curvature, None
+            return options.curvature(work, examples, layout, settings, keep=keep), None
 
         description = settings.describe()
     else:

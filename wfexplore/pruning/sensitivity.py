@@ -20,7 +20,6 @@ from wfexplore.curvature.base import AnyCurvature
 from wfexplore.params import ParameterLayout
 from wfexplore.pruning.estimation import (
     PruningSettings,
-    method_curvature,
     take_examples,
     with_changes,
 )
@@ -52,18 +51,7 @@ def curvature_for(
     options.plan(model, how, example=data).check()
     layout = options.layout(model, how)
     examples = take_examples(data, options.share(how)) if how.needs_data else None
-    curvature = method_curvature(
-        model,
-        examples,
-        layout,
-        how,
-        loss_fn=options.loss_fn,
-        max_memory_gb=options.max_memory_gb,
-        progress=options.progress,
-        process_group=options.process_group,
-        distributed=options.distributed,
-    )
-    return curvature, layout
+    return options.curvature(model, examples, layout, how), layout
 
 
 def _grid(sparsities) -> list[float]:

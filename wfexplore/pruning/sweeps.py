@@ -21,7 +21,6 @@ import hashlib
 import itertools
 import json
 import time
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -40,8 +39,7 @@ from wfexplore.curvature.identity import IdentityCurvature
 from wfexplore.gradients import gradient_samples
 from wfexplore.params import BlockSpec
 from wfexplore.pruning.cache import (
-    cache_folder,
-    model_fingerprint_or_none,
+    open_cache,
     prefix_hashes,
     read_cached,
     write_cached,
@@ -50,17 +48,13 @@ from wfexplore.pruning.estimation import (
     METHODS,
     PruningSettings,
     effective_update,
-    method_curvature,
     model_layout,
     take_examples,
     with_changes,
 )
 from wfexplore.pruning.evaluation import evaluate_model
 from wfexplore.pruning.fingerprints import (
-    Unfingerprintable,
-    callable_key,
     data_fingerprint,
-    model_fingerprint,
 )
 from wfexplore.pruning.masks import SCOPES, check_sparsity
 from wfexplore.pruning.prune import PruningSchedule, RunOptions, run_pruning
@@ -203,29 +197,10 @@ class _SweepRun:
 
     def open_cache(self, cache, cache_key: str | None) -> None:
         """The cache folder and the key of everything the rows depend on (or no caching)."""
-        folder = cache_folder(cache)
-        if folder is None:
+        opened = open_cache(cache, cache_key, "sweep", self.model, loss_fn=self.options.loss_fn)
+        if opened is None:
             return
-        if cache_key is not None and not isinstance(cache_key, str):
-            raise TypeError(f"cache_key must be a string, got {type(cache_key).__name__}")
-        try:
-            seen = {
-                "model": model_fingerprint(self.model),
-                "loss_fn": callable_key(self.options.loss_fn),
-            }
-        except Unfingerprintable as err:
-            if cache_key is None:
-                warnings.warn(
-                    f"caching is off for this sweep: {err}, so a cached row could belong to "
-                    "another experiment; pass cache_key='<what the model and loss are>' to "
-                    "cache anyway, or cache=False to silence this",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-                return
-            seen = {"model": model_fingerprint_or_none(self.model)}
-        seen["cache_key"] = cache_key
-        self.folder = folder
+        self.folder, seen = opened
         self.base_key = {**self._base_key(), **seen}
         counts = {s.examples_needed for s in self.settings}
         self.prefix_hash = prefix_hashes(self.examples, counts)
@@ -291,17 +266,7 @@ class _SweepRun:
         def provider(step, work, keep):
             if step == 1:
                 return curvature, inverse_diag
-            return method_curvature(
-                work,
-                examples,
-                layout,
-                settings,
-                keep=keep,
-                loss_fn=options.loss_fn,
-                max_memory_gb=options.max_memory_gb,
-                process_group=options.process_group,
-                distributed=options.distributed,
-            ), None
+            return options.curvature(work, examples, layout, settings, keep, progress=False), None
 
         for point, key in pending:
             rows.append(self._point_row(settings, layout, provider, point, key, curvature_s))
@@ -419,6 +384,7 @@ class _SharedWork:
                 num_samples=settings.num_samples,
                 process_group=self.options.process_group,
                 distributed=self.options.distributed,
+                planned=True,  # checked for every setting before the sweep began
                 **common,
             )
         key = settings.gradient_key
