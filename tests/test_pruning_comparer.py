@@ -1,10 +1,12 @@
 """The pruning comparer in-process: controls drive figures that equal sweeps and masks
 computed independently; cached redraws are quick; impossible choices give a message."""
 
+import functools
 import time
 
 import numpy as np
 import pytest
+import torch
 
 from wfexplore.figures.pruning import CATEGORY_NAMES, PRUNED
 from wfexplore.pruning import PruningSettings, prune_model, sweep
@@ -163,3 +165,74 @@ def test_controls_and_figures_carry_stable_css_classes(comparer):
         assert box.children == (getattr(comparer, slot),)  # the figure drawn last
     assert "wfx-comparer-message" in comparer.message._dom_classes
     assert comparer.masks.data[0].colorbar.ticktext == CATEGORY_NAMES
+
+
+# --- protocols with training -----------------------------------------------------------------
+def shuffling(loader):
+    from torch.utils.data import DataLoader
+
+    return DataLoader(loader.dataset, batch_size=8, shuffle=True)
+
+
+def test_training_protocols_equal_direct_gradual_and_finetune_runs(mlp, mlp_loader, tmp_path):
+    from wfexplore.pruning import gradual_prune, one_shot_then_finetune
+
+    train = shuffling(mlp_loader)
+    comparer = PruningComparer(
+        mlp, mlp_loader, methods=("magnitude", "woodfisher"), sparsities=(0.3, 0.6),
+        sparsity=0.6, train_data=train, epochs=2, prune_every=1, cache=tmp_path / "sweeps",
+        compute=True, **SETTINGS,
+    )  # fmt: skip
+    assert comparer.protocol.layout.display != "none"
+    one_shot = {m: curve(comparer.accuracy, label)[1] for m, label in _LABELS}
+    calls = comparer.sweep_calls
+    runs = {
+        "gradual": functools.partial(gradual_prune, prune_every=1),
+        "one_shot_finetune": one_shot_then_finetune,
+    }
+    for protocol, run in runs.items():
+        comparer.protocol.value = protocol
+        assert comparer.message.value == "" and comparer.sweep_calls == calls + 1
+        calls = comparer.sweep_calls
+        assert comparer.steps.disabled
+        title = {"gradual": "after gradual", "one_shot_finetune": "after one-shot + fine-tune"}
+        assert title[protocol] in comparer.accuracy.layout.title.text
+        for method, label in _LABELS:
+            settings = PruningSettings(method, **SETTINGS)
+            direct = run(
+                mlp, settings, 0.6, train_data=train, eval_data=mlp_loader, data=mlp_loader,
+                epochs=2,
+                progress=False,
+            )  # fmt: skip
+            x, y = curve(comparer.accuracy, label)
+            assert y[list(x).index(0.6)] == pytest.approx(direct.summary["accuracy"], abs=1e-12)
+            for name, keep in comparer.point(method).masks.items():
+                assert torch.equal(keep, direct.masks[name].cpu())
+    comparer.protocol.value = "one_shot"  # computed before: drawn from the cache
+    assert comparer.sweep_calls == calls and not comparer.steps.disabled
+    for method, label in _LABELS:
+        np.testing.assert_array_equal(curve(comparer.accuracy, label)[1], one_shot[method])
+
+
+_LABELS = [("magnitude", "magnitude"), ("woodfisher", "WoodFisher")]
+
+
+def test_training_protocols_need_training_data(mlp, mlp_loader):
+    with pytest.raises(ValueError, match="give train_data="):
+        PruningComparer(mlp, mlp_loader, protocols=("one_shot", "gradual"), cache=False)
+    with pytest.raises(ValueError, match="'annealed' is not one of"):
+        PruningComparer(mlp, mlp_loader, protocols=("annealed",), cache=False)
+    single = PruningComparer(mlp, mlp_loader, cache=False)
+    assert single.protocol.layout.display == "none"
+
+
+def test_methods_are_toggle_buttons_and_save_writes_the_figures(comparer, tmp_path):
+    buttons = comparer.methods.buttons
+    buttons["obd"].value = False  # one click drops one method
+    assert comparer.state.methods == ("magnitude", "woodfisher")
+    assert [t.name for t in comparer.layers.data] == ["magnitude", "WoodFisher"]
+    written = comparer.save_bar.save(str(tmp_path / "comparison.html"))
+    page = open(written, encoding="utf-8").read()
+    assert "Accuracy after one-shot pruning" in page
+    assert "Per-layer sparsity at 50%" in page and "WoodFisher" in page
+    assert "wfx-comparer-save-status" not in page and "Saved to" in comparer.save_bar.status.value

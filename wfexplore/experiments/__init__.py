@@ -45,6 +45,7 @@ from wfexplore.experiments.pruning_comparison import (
     compare_pruning,
     overlap_frame,
     point_key,
+    protocol_points,
     sweep_points,
 )
 from wfexplore.experiments.sensitivity import LayerSensitivity, layer_sensitivities
@@ -69,6 +70,7 @@ __all__ = [
     "method_label",
     "overlap_frame",
     "point_key",
+    "protocol_points",
     "sweep_points",
     "PROTOCOL_LABELS",
     "ProtocolSweep",

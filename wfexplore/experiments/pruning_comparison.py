@@ -2,7 +2,9 @@ r"""Pruning comparison: methods × sparsities through one sweep that keeps what 
 
 :func:`sweep_points` runs :func:`~wfexplore.pruning.sweep` with ``keep_masks=True``: every
 point's accuracy and loss (a tidy frame) and its keep masks and moved weights
-(:class:`PrunedPoint`), cached on disk with the row, so that nothing is pruned twice.
+(:class:`PrunedPoint`), cached on disk with the row, so that nothing is pruned twice;
+:func:`protocol_points` gives the same for pruning with training (one-shot + fine-tune,
+gradual).
 :func:`compare_pruning` adds, at one sparsity, per-layer sparsity, mask overlaps, the
 saliencies of the dense model and each layer pruned alone.
 """
@@ -26,14 +28,16 @@ from wfexplore.experiments.common import (
     method_label,
     picture_defaults,
 )
+from wfexplore.experiments.protocols import protocol_sweep
 from wfexplore.experiments.sensitivity import layer_sensitivities
 from wfexplore.params import BlockSpec
 from wfexplore.pruning import Saliency, mask_overlap, sweep
 
 DEFAULT_METHODS = ("magnitude", "obd", "woodfisher")
 DEFAULT_SPARSITIES = (0.5, 0.7, 0.8, 0.9)
-PointKey = tuple[str, str, str, int, float]
-"""(method, scope, effective update, steps, sparsity) of one pruned point."""
+PointKey = tuple[str, str, str, str, int | None, float]
+"""(method, protocol, scope, effective update, steps, sparsity) of one pruned point; steps is
+None for the training protocols, whose steps follow their training plan."""
 
 
 @dataclass
@@ -60,8 +64,18 @@ class PrunedPoint:
         )
 
 
-def point_key(method: str, scope: str, update: str, steps: int, sparsity: float) -> PointKey:
-    return (method, scope, effective_update(method, update), int(steps), float(sparsity))
+def point_key(
+    method: str,
+    scope: str,
+    update: str,
+    steps: int,
+    sparsity: float,
+    protocol: str = "one_shot",
+) -> PointKey:
+    """The key of one point: ``steps`` (recomputations of one-shot pruning) counts only for
+    the ``"one_shot"`` protocol."""
+    steps = int(steps) if protocol == "one_shot" else None
+    return (method, protocol, scope, effective_update(method, update), steps, float(sparsity))
 
 
 def sweep_points(
@@ -97,12 +111,52 @@ def sweep_points(
         keep_masks=True,
         progress=progress,
     )
+    frame.insert(1, "protocol", "one_shot")
+    return _split_points(frame)
+
+
+def _split_points(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[PointKey, PrunedPoint]]:
+    """A frame with ``masks`` and ``moved`` columns → the frame without them, and the points."""
     points = {}
     for row in frame.to_dict("records"):
         masks, moved = row.pop("masks"), row.pop("moved")
-        key = point_key(row["method"], row["scope"], row["update"], row["steps"], row["sparsity"])
+        key = point_key(
+            row["method"], row["scope"], row["update"], row["steps"], row["sparsity"],
+            row["protocol"],
+        )  # fmt: skip
         points[key] = PrunedPoint(masks, moved, row)
     return frame.drop(columns=["masks", "moved"]), points
+
+
+def protocol_points(
+    model: nn.Module,
+    train_data: Iterable,
+    eval_data: Iterable,
+    *,
+    protocol: str,
+    methods: Sequence[str],
+    sparsities: Sequence[float],
+    scope: str = "global",
+    update: str = "summed",
+    damping: float = 1e-4,
+    num_samples: int = 256,
+    block_size: BlockSpec = 64,
+    data: Iterable | None = None,
+    cache: bool | str | Path = True,
+    **plan,
+) -> tuple[pd.DataFrame, dict[PointKey, PrunedPoint]]:
+    """:func:`sweep_points` for one training ``protocol`` (``"one_shot_finetune"`` or
+    ``"gradual"``) through :func:`~wfexplore.experiments.protocol_sweep`: the final accuracy
+    and loss of every method × sparsity after training on ``train_data``, and the final masks
+    (``moved`` all False: training moves every kept weight). ``plan``: ``epochs``,
+    ``prune_every``, ``steps``, ``schedule``, ``training`` as there."""
+    result = protocol_sweep(
+        model, train_data, eval_data, methods=list(methods), sparsities=list(sparsities),
+        protocols=(protocol,), data=data, scope=scope, update=update, damping=damping,
+        num_samples=num_samples, block_size=block_size, cache=cache, keep_masks=True,
+        progress=False, **plan,
+    )  # fmt: skip
+    return _split_points(result.points)
 
 
 def allocation_frame(points: Mapping[str, PrunedPoint]) -> pd.DataFrame:

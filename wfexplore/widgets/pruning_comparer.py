@@ -1,9 +1,12 @@
-r"""Pruning comparer: methods, scope, update and steps, with a sparsity slider over cached sweeps.
+r"""Pruning comparer: methods, protocol, scope, update and steps, with a sparsity slider over
+cached sweeps.
 
-For each (method, scope, update, steps) the comparer runs one sweep over all its sparsities
-(:func:`~wfexplore.experiments.sweep_points`: accuracy, loss and the masks of every point,
-cached on disk by the sweep), so nothing is pruned twice. Choosing a setting not computed yet
-computes it, with a progress bar; moving the sparsity slider only redraws from the cache.
+For each (method, protocol, scope, update, steps) the comparer runs one sweep over all its
+sparsities (:func:`~wfexplore.experiments.sweep_points` for one-shot pruning,
+:func:`~wfexplore.experiments.protocol_points` for one-shot + fine-tune and gradual pruning
+with training: accuracy, loss and the masks of every point, cached on disk), so nothing is
+pruned twice. Choosing a setting not computed yet computes it, with a progress bar; moving the
+sparsity slider only redraws from the cache.
 
 Shown: the accuracy curves with a marker at the slider, the sparsity of each layer, the
 masks of one layer as pictures (pruned, kept, compensated by the OBS update) and the
@@ -29,6 +32,8 @@ from wfexplore.experiments import (
     allocation_frame,
     effective_update,
     point_key,
+    protocol_label,
+    protocol_points,
     sweep_points,
 )
 from wfexplore.experiments.common import check_methods, picture_defaults
@@ -44,25 +49,43 @@ from wfexplore.figures.pruning import (
     method_label,
 )
 from wfexplore.params import BlockSpec
-from wfexplore.pruning import SCOPES, UPDATES, mask_overlap
-from wfexplore.widgets.base import ComputingDashboard, FigureSlot
+from wfexplore.pruning import PROTOCOLS, SCOPES, UPDATES, TrainingSettings, mask_overlap
+from wfexplore.widgets.base import ComputingDashboard, FigureSlot, SaveBar, ToggleSet
 
 DEFAULT_METHODS = ("magnitude", "obd", "woodfisher")
 DEFAULT_SPARSITIES = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 DEFAULT_STEPS = (1, 2, 4)
-_CURVE_COLUMNS = ("method", "scope", "update", "steps")
+_CURVE_COLUMNS = ("method", "protocol", "scope", "update", "steps")
 
 
 class ComparerState(traitlets.HasTraits):
     """The choices of a :class:`PruningComparer`."""
 
     methods = traitlets.Tuple()
+    protocol = traitlets.Unicode("one_shot")
     scope = traitlets.Unicode("global")
     update = traitlets.Unicode("summed")
     steps = traitlets.Int(1)
     sparsity = traitlets.Float()
     overlap_a = traitlets.Unicode()
     overlap_b = traitlets.Unicode()
+
+
+def _check_protocols(protocols, protocol, train_data) -> list[str]:
+    if protocols is None:
+        protocols = PROTOCOLS if train_data is not None else ("one_shot",)
+    protocols = list(dict.fromkeys(protocols))
+    for p in (*protocols, protocol):
+        if p not in PROTOCOLS:
+            raise ValueError(f"protocols: {p!r} is not one of {list(PROTOCOLS)}")
+    if protocol not in protocols:
+        raise ValueError(f"protocol {protocol!r} is not among protocols={protocols}")
+    if train_data is None and any(p != "one_shot" for p in protocols):
+        raise ValueError(
+            f"protocols={protocols} train the pruned model: give train_data= (a shuffling "
+            "loader of training examples), or protocols=('one_shot',)"
+        )
+    return protocols
 
 
 def _check_grid(sparsities, scope, update, steps, steps_options) -> tuple[list, list]:
@@ -80,11 +103,12 @@ def _check_grid(sparsities, scope, update, steps, steps_options) -> tuple[list, 
 
 
 class PruningComparer(ComputingDashboard):
-    """Dashboard comparing pruning methods, scopes, updates and recomputation steps.
+    """Dashboard comparing pruning methods, protocols, scopes, updates and recomputation steps.
 
-    Controls (attributes): ``methods`` (several), ``scope``, ``update_choice``, ``steps``,
-    ``sparsity`` (a slider over the swept sparsities), ``overlap_a`` / ``overlap_b`` (the
-    two methods whose masks are compared); their values live in ``state``. Figures
+    Controls (attributes): ``methods`` (toggle buttons, several), ``protocol`` (shown when
+    ``protocols`` holds more than one), ``scope``, ``update_choice``, ``steps`` (one-shot
+    only), ``sparsity`` (a slider over the swept sparsities), ``overlap_a`` / ``overlap_b``
+    (the two methods whose masks are compared); their values live in ``state``. Figures
     (``go.FigureWidget``): ``accuracy``, ``layers`` (per-layer sparsity), ``masks``
     (pictures of ``picture_layer``), ``overlap`` (Jaccard per layer). ``message`` says why a
     choice cannot be drawn; ``progress`` and ``progress_label`` show long computations.
@@ -97,10 +121,19 @@ class PruningComparer(ComputingDashboard):
     WoodFisher uses blocks of ``block_size``. Accuracy and loss are measured on
     ``eval_data`` (default ``data``). ``cache`` is the sweep's on-disk cache (True: the
     default folder, a folder, or False).
+
+    ``protocols`` (default: all three when ``train_data`` is given, else one-shot only):
+    ``"one_shot_finetune"`` prunes once, then trains ``epochs`` epochs on ``train_data``;
+    ``"gradual"`` trains as long, pruning every ``prune_every`` epochs in ``gradual_steps``
+    steps (default: as many as fit); ``training`` is the optimizer and its seed
+    (:class:`~wfexplore.pruning.TrainingSettings`). Their points are those of
+    :func:`~wfexplore.experiments.protocol_sweep` with the same settings, read from its cache.
+    ``save_bar`` writes the current figures and tables to an HTML file.
     """
 
     CONTROLS = {
         "methods": "methods",
+        "protocol": "protocol",
         "scope": "scope",
         "update": "update_choice",
         "steps": "steps",
@@ -129,17 +162,32 @@ class PruningComparer(ComputingDashboard):
         picture_layer: str | None = None,
         image_shape: tuple[int, int] | None = None,
         cache: bool | str | Path = True,
+        train_data: Iterable | None = None,
+        protocols: Sequence[str] | None = None,
+        protocol: str = "one_shot",
+        epochs: int = 3,
+        prune_every: int = 1,
+        gradual_steps: int | None = None,
+        training: TrainingSettings | None = None,
         compute: bool = False,
     ):
         methods = check_methods(methods)
         sparsities, steps_options = _check_grid(sparsities, scope, update, steps, steps_options)
+        protocols = _check_protocols(protocols, protocol, train_data)
         self.model = model
         self.data = data
         self.eval_data = eval_data if eval_data is not None else data
+        self.train_data = train_data
         self.curvature_settings = {
             "damping": damping,
             "num_samples": num_samples,
             "block_size": block_size,
+        }
+        self.training_plan = {
+            "epochs": epochs,
+            "prune_every": prune_every,
+            "steps": gradual_steps,
+            "training": training or TrainingSettings(),
         }
         self.cache = cache
         self.frame = pd.DataFrame()
@@ -159,6 +207,7 @@ class PruningComparer(ComputingDashboard):
             "wfx-comparer",
             ComparerState(
                 methods=tuple(selected),
+                protocol=protocol,
                 scope=scope,
                 update=update,
                 steps=steps,
@@ -167,7 +216,8 @@ class PruningComparer(ComputingDashboard):
                 overlap_b=next((m for m in selected if m != first), first),
             ),
         )
-        self._build_controls(methods, sparsities, steps_options)
+        self._build_controls(methods, protocols, sparsities, steps_options)
+        self.save_bar = SaveBar(self, "pruning-comparison.html")
         self.slots = {
             "accuracy": FigureSlot(
                 "wfx-comparer-accuracy", {"height": 380, "title": "Accuracy after pruning"}
@@ -181,7 +231,9 @@ class PruningComparer(ComputingDashboard):
         self.widget = widgets.VBox(
             [
                 widgets.HTML(_INTRO),
-                widgets.HBox([self.methods, widgets.VBox([self.scope, self.update_choice])]),
+                self.methods,
+                self.protocol,
+                widgets.HBox([self.scope, self.update_choice]),
                 widgets.HBox([self.steps, self.sparsity]),
                 self.message,
                 self.progress_box,
@@ -190,10 +242,13 @@ class PruningComparer(ComputingDashboard):
                 self.slots["masks"].box,
                 widgets.HBox([self.overlap_a, self.overlap_b]),
                 self.slots["overlap"].box,
+                self.save_bar.widget,
             ]
         )
         self.widget.add_class("wfx-comparer")
-        self.state.observe(lambda _: self.update(), names=["methods", "scope", "update", "steps"])
+        self.state.observe(
+            lambda _: self.update(), names=["methods", "protocol", "scope", "update", "steps"]
+        )
         self.state.observe(lambda _: self.redraw(), names="sparsity")
         self.state.observe(
             lambda _: self.redraw(only_overlap=True), names=["overlap_a", "overlap_b"]
@@ -201,11 +256,14 @@ class PruningComparer(ComputingDashboard):
         if compute:
             self.update()
 
-    def _build_controls(self, methods, sparsities, steps_options) -> None:
+    def _build_controls(self, methods, protocols, sparsities, steps_options) -> None:
         options = [(method_label(m), m) for m in methods]
-        self.methods = widgets.SelectMultiple(
-            options=options, rows=len(options), description="methods"
+        self.methods = ToggleSet(options, value=self.state.methods)
+        self.protocol = widgets.ToggleButtons(
+            options=[(protocol_label(p), p) for p in protocols], description="protocol"
         )
+        if len(protocols) < 2:
+            self.protocol.layout.display = "none"
         self.scope = widgets.ToggleButtons(
             options=[("global", "global"), ("layerwise", "layerwise")], description="scope"
         )
@@ -223,7 +281,7 @@ class PruningComparer(ComputingDashboard):
         self.overlap_a = widgets.Dropdown(options=options, description="overlap of")
         self.overlap_b = widgets.Dropdown(options=options, description="and")
         traits = {"update": "update", "overlap-a": "overlap_a", "overlap-b": "overlap_b"}
-        traits |= {name: name for name in ("methods", "scope", "steps", "sparsity")}
+        traits |= {name: name for name in ("methods", "protocol", "scope", "steps", "sparsity")}
         self.bind(self.controls, traits, style={"description_width": "110px"})
 
     # --- figures and controls ----------------------------------------------------------------
@@ -252,6 +310,7 @@ class PruningComparer(ComputingDashboard):
         s = self.state
         return {
             "methods": list(s.methods),
+            "protocol": s.protocol,
             "scope": s.scope,
             "update": s.update,
             "steps": int(s.steps),
@@ -266,15 +325,12 @@ class PruningComparer(ComputingDashboard):
     def point(self, method: str, setting: dict | None = None) -> PrunedPoint:
         """The masks of ``method`` under ``setting`` (default: the current one)."""
         s = setting or self.setting
-        return self.points[point_key(method, s["scope"], s["update"], s["steps"], s["sparsity"])]
+        return self.points[_key(method, s, s["sparsity"])]
 
     def computed(self, method: str, setting: dict | None = None) -> bool:
         """Whether every sparsity of ``method`` under ``setting`` is computed."""
         s = setting or self.setting
-        return all(
-            point_key(method, s["scope"], s["update"], s["steps"], sparsity) in self.points
-            for sparsity in self.sparsities
-        )
+        return all(_key(method, s, sparsity) in self.points for sparsity in self.sparsities)
 
     def curve_frame(self, setting: dict | None = None) -> pd.DataFrame:
         """The sweep rows drawn for ``setting`` (default: the current one)."""
@@ -283,10 +339,14 @@ class PruningComparer(ComputingDashboard):
             return self.frame
         keep = np.zeros(len(self.frame), dtype=bool)
         for method in s["methods"]:
-            wanted = (method, s["scope"], effective_update(method, s["update"]), s["steps"])
+            wanted = (
+                method, s["protocol"], s["scope"], effective_update(method, s["update"]),
+                s["steps"],
+            )  # fmt: skip
             match = np.ones(len(self.frame), dtype=bool)
             for column, value in zip(_CURVE_COLUMNS, wanted, strict=True):
-                match &= (self.frame[column] == value).to_numpy()
+                if column != "steps" or s["protocol"] == "one_shot":
+                    match &= (self.frame[column] == value).to_numpy()
             keep |= match
         return self.frame[keep].sort_values(["method", "sparsity"], kind="stable")
 
@@ -316,8 +376,8 @@ class PruningComparer(ComputingDashboard):
     def _check(self, s: dict) -> None:
         if not s["methods"]:
             raise ImpossibleSetting(
-                "No method is selected: choose at least one in the list (Ctrl/Shift-click for "
-                "several). The figures still show the last choice that could be drawn."
+                "No method is selected: press at least one method button. The figures still "
+                "show the last choice that could be drawn."
             )
 
     def _compute_missing(self, s: dict) -> None:
@@ -326,15 +386,27 @@ class PruningComparer(ComputingDashboard):
             return
         with self.working(1):
             self.note(
-                f"Sweeping {', '.join(method_label(m) for m in missing)} over "
-                f"{len(self.sparsities)} sparsities ({s['scope']}, update {s['update']}, "
-                f"{s['steps']} step(s))…"
+                f"{protocol_label(s['protocol']).capitalize()} pruning of "
+                f"{', '.join(method_label(m) for m in missing)} at "
+                f"{len(self.sparsities)} sparsities ({_describe(s, self.training_plan)})…"
             )
-            frame, points = sweep_points(
-                self.model, self.data, self.eval_data, methods=missing,
-                sparsities=self.sparsities, scope=s["scope"], update=s["update"],
-                steps=s["steps"], cache=self.cache, **self.curvature_settings,
-            )  # fmt: skip
+            common = {
+                "methods": missing,
+                "sparsities": self.sparsities,
+                "scope": s["scope"],
+                "update": s["update"],
+                "cache": self.cache,
+                **self.curvature_settings,
+            }
+            if s["protocol"] == "one_shot":
+                frame, points = sweep_points(
+                    self.model, self.data, self.eval_data, steps=s["steps"], **common
+                )
+            else:
+                frame, points = protocol_points(
+                    self.model, self.train_data, self.eval_data, protocol=s["protocol"],
+                    data=self.data, **common, **self.training_plan,
+                )  # fmt: skip
             self.sweep_calls += 1
             self._add_rows(frame)
             self.points.update(points)
@@ -360,7 +432,7 @@ class PruningComparer(ComputingDashboard):
                     "update or steps change (or call update())."
                 )
             start = time.perf_counter()
-            drawn = (tuple(s["methods"]), s["scope"], s["update"], s["steps"])
+            drawn = (tuple(s["methods"]), s["protocol"], s["scope"], s["update"], s["steps"])
             if only_overlap:
                 pass
             elif drawn == self._drawn:
@@ -380,9 +452,9 @@ class PruningComparer(ComputingDashboard):
 
     def _draw_main(self, s: dict) -> None:
         sparsity = s["sparsity"]
-        title = (
-            f"Accuracy after {s['scope']} pruning, update {s['update']}, "
-            f"{s['steps']} step{'s' if s['steps'] > 1 else ''}"
+        self.steps.disabled = s["protocol"] != "one_shot"
+        title = f"Accuracy after {protocol_label(s['protocol'])} pruning: " + _describe(
+            s, self.training_plan
         )
         self.slots["accuracy"].draw(
             accuracy_vs_sparsity(self.curve_frame(s), "accuracy", marker_at=sparsity, title=title)
@@ -431,6 +503,24 @@ class PruningComparer(ComputingDashboard):
                 annotation.text = mask_panel_title(props["name"], props["meta"])
             self.masks.layout.title.text = self._masks_title(s)
 
+    def saved(self) -> tuple[str, dict[str, go.Figure], dict]:
+        s = self.setting
+        drawn = {
+            self.slots[name].figure.layout.title.text or name: go.Figure(self.slots[name].figure)
+            for name in ("accuracy", "layers", "masks", "overlap")
+        }
+        tables = {}
+        if self.computed_all(s):
+            tables["Accuracy and loss at every sparsity"] = self.curve_frame(s)
+            tables[f"Per-layer sparsity at {s['sparsity']:.0%}"] = self._allocation(s)
+        return f"Pruning comparison: {_describe(s, self.training_plan)}", drawn, tables
+
+    def computed_all(self, setting: dict | None = None) -> bool:
+        """Whether every selected method of ``setting`` (default: the current one) is drawn
+        from computed points."""
+        s = setting or self.setting
+        return bool(s["methods"]) and all(self.computed(m, s) for m in s["methods"])
+
     def _layers_title(self, s: dict) -> str:
         return f"Sparsity of each layer at {s['sparsity']:.0%} ({s['scope']})"
 
@@ -462,13 +552,30 @@ class PruningComparer(ComputingDashboard):
         return notes
 
 
+def _key(method: str, s: dict, sparsity: float):
+    return point_key(method, s["scope"], s["update"], s["steps"], sparsity, s["protocol"])
+
+
+def _describe(s: dict, plan: dict) -> str:
+    """The setting in words: scope, update, and steps or the training budget."""
+    text = f"{s['scope']}, update {s['update']}"
+    if s["protocol"] == "one_shot":
+        return f"{text}, {s['steps']} step{'s' if s['steps'] > 1 else ''}"
+    epochs = f"{plan['epochs']} epoch{'s' if plan['epochs'] > 1 else ''}"
+    if s["protocol"] == "gradual":
+        return f"{text}, pruned every {plan['prune_every']} of {epochs}"
+    return f"{text}, then {epochs} of training"
+
+
 _INTRO = (
     "<b>Comparing pruning choices.</b> Each method removes the weights of lowest "
     "saliency ρ = w²/(2[C⁻¹]_qq): C = I for magnitude, the diagonal Fisher for OBD, "
     "Fisher blocks for WoodFisher. <i>global</i> ranks all layers together, "
     "<i>layerwise</i> gives every layer the same sparsity; the OBS <i>update</i> moves "
     "the kept weights to make up for the removed ones; <i>steps</i> &gt; 1 re-estimates "
-    "the Fisher on the pruned model between steps."
+    "the Fisher on the pruned model between steps. With training data, the <i>protocol</i> "
+    "adds training at an equal budget: prune once then fine-tune, or prune gradually with "
+    "recovery training between steps (the curvature re-estimated at each step)."
 )
 
 __all__ = ["ComparerState", "PruningComparer"]
