@@ -127,3 +127,21 @@ def test_a_new_comparer_setting_prunes_only_its_own_points(mlp, mlp_loader, prun
     comparer.state.steps = 2  # the state drives the controls and the figures
     assert comparer.steps.value == 2 and len(prunings) == 21
     assert "2 steps" in comparer.accuracy.layout.title.text
+
+
+def test_method_sentences_name_both_methods_where_they_tie():
+    import pandas as pd
+
+    from wfexplore.experiments import compare_methods_sentences
+
+    frame = pd.DataFrame(
+        {
+            "method": ["woodfisher", "magnitude"] * 3,
+            "sparsity": [0.5, 0.5, 0.7, 0.7, 0.9, 0.9],
+            "accuracy": [0.9, 0.9, 0.8, 0.6, 0.3, 0.4],
+        }
+    )
+    better, worse, tied = compare_methods_sentences(frame, "woodfisher", "magnitude")
+    assert "at sparsity 70%" in better and "0.800 against 0.600" in better
+    assert worse.startswith("magnitude is more accurate than WoodFisher at 90%")
+    assert tied == "WoodFisher and magnitude reach the same accuracy at 50%."

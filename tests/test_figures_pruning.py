@@ -254,3 +254,20 @@ def test_mask_categories_from_a_moved_mask_equal_those_from_the_weights():
     np.testing.assert_array_equal(
         mask_categories(keep, moved=moved), mask_categories(keep, before, after)
     )
+
+
+def test_sensitivity_scatter_keeps_twenty_layers_apart():
+    from wfexplore.figures.pruning import sensitivity_scatter
+
+    layers = [f"layer{k}.weight" for k in range(20)]
+    frame = pd.DataFrame(
+        {
+            "parameter": layers,
+            "sparsity": 0.5,
+            "predicted_delta_loss": np.linspace(0.1, 2, 20),
+            "actual_delta_loss": np.linspace(0.2, 3, 20),
+        }
+    )
+    fig = sensitivity_scatter(frame)
+    colors = [t.marker.color for t in fig.data if t.name in layers]
+    assert len(colors) == 20 and len(set(colors)) == 20

@@ -236,3 +236,26 @@ def test_methods_are_toggle_buttons_and_save_writes_the_figures(comparer, tmp_pa
     assert "Accuracy after one-shot pruning" in page
     assert "Per-layer sparsity at 50%" in page and "WoodFisher" in page
     assert "wfx-comparer-save-status" not in page and "Saved to" in comparer.save_bar.status.value
+
+
+def test_training_protocol_points_are_read_from_the_protocol_sweeps_cache(
+    mlp, mlp_loader, tmp_path
+):
+    from wfexplore.experiments import protocol_sweep
+
+    train, folder = shuffling(mlp_loader), tmp_path / "sweeps"
+    plan = {"epochs": 2, "prune_every": 1}
+    swept = protocol_sweep(
+        mlp, train, mlp_loader, data=mlp_loader, methods=("magnitude", "woodfisher"),
+        sparsities=(0.3, 0.6), protocols=("gradual",), cache=folder, keep_masks=True,
+        progress=False, **plan, **SETTINGS,
+    )  # fmt: skip
+    comparer = PruningComparer(
+        mlp, mlp_loader, methods=("magnitude", "woodfisher"), sparsities=(0.3, 0.6),
+        train_data=train, protocols=("gradual",), protocol="gradual", cache=folder,
+        compute=True, **plan, **SETTINGS,
+    )  # fmt: skip
+    assert comparer.frame["cached"].all()
+    for method, label in _LABELS:
+        rows = swept.points[swept.points["method"] == method].sort_values("sparsity")
+        np.testing.assert_array_equal(curve(comparer.accuracy, label)[1], rows["accuracy"])

@@ -255,7 +255,7 @@ def compare_methods_sentences(
             + ")."
         )
     if tied:
-        out.append(f"They tie at {_listing(tied)}.")
+        out.append(f"{la} and {lb} reach the same {value} at {_listing(tied)}.")
     return out
 
 

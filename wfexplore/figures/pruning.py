@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import torch
+from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
 from wfexplore.experiments.common import METHOD_LABELS, method_label
@@ -40,6 +41,8 @@ METHOD_COLORS = {
     "kfac": "#2ca02c",
 }
 OTHER_COLORS = ("#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+DEPTH_COLORSCALE = "Turbo"
+"""Colours of more groups than :data:`OTHER_COLORS` holds (layers in network order)."""
 _LABEL_TO_METHOD = {label: method for method, label in METHOD_LABELS.items()}
 
 PRUNED, KEPT, COMPENSATED = 0, 1, 2
@@ -442,6 +445,7 @@ def sensitivity_scatter(
     floor = float(positive.min()) / 10 if positive.size else 1e-6
     fig = go.Figure()
     groups = list(dict.fromkeys(frame[color])) if color in frame.columns else [None]
+    palette = group_colors(len(groups))
     shapes = list(dict.fromkeys(frame[symbol])) if symbol and symbol in frame.columns else [None]
     symbols = ("circle", "square", "diamond", "triangle-up", "cross", "x")
     hidden = []
@@ -467,9 +471,7 @@ def sensitivity_scatter(
                 if "sparsity" in part.columns
                 else None
             )
-            color_value = (
-                method_color(group, k) if color == "method" else OTHER_COLORS[k % len(OTHER_COLORS)]
-            )
+            color_value = method_color(group, k) if color == "method" else palette[k]
             fig.add_trace(
                 go.Scatter(
                     x=part[x].to_numpy(dtype=float),
@@ -506,6 +508,15 @@ def sensitivity_scatter(
     fig.update_yaxes(title_text=y.replace("_", " "), **axis)
     fig.update_layout(title=title, height=440, legend_title_text=color)
     return fig
+
+
+def group_colors(n: int) -> list[str]:
+    """``n`` colours that stay apart: :data:`OTHER_COLORS` for up to six groups, else ``n``
+    evenly spaced samples of :data:`DEPTH_COLORSCALE` (first to last in order, so that
+    layers read by depth)."""
+    if n <= len(OTHER_COLORS):
+        return list(OTHER_COLORS[:n])
+    return sample_colorscale(DEPTH_COLORSCALE, [k / (n - 1) for k in range(n)])
 
 
 def _floor_trace(rest: pd.DataFrame, x: str, y: str, floor: float) -> go.Scatter:
