@@ -188,3 +188,24 @@ def test_unknown_dataset_name_lists_valid_names(tmp_path):
     with pytest.raises(ValueError, match="cifar10, mnist") as info:
         torchvision_dataset("imagenet", tmp_path)
     assert "imagenet" in str(info.value)
+
+
+def test_digits_as_images_are_the_digits_resized_and_standardised():
+    from wfexplore.data import digits_as_images
+
+    small_train, small_test = digits_datasets()
+    train, test = digits_as_images(size=32, channels=3)
+    x, y = train.tensors
+    assert x.shape == (len(small_train), 3, 32, 32) and x.dtype == torch.float32
+    assert torch.equal(y, small_train.tensors[1]) and torch.equal(test.tensors[1], small_test[:][1])
+    assert torch.equal(x[:, 0], x[:, 2])  # the grey image in every channel
+    assert abs(float(x.mean())) < 1e-5 and abs(float(x.std()) - 1) < 1e-5
+    # each 4×4 patch of the 32×32 image averages back to (an affine map of) its 8×8 pixel
+    raw = small_train.tensors[0][:, :, 1:-1, 1:-1].flatten()
+    back = torch.nn.functional.avg_pool2d(x[:, :1], 4)[:, :, 1:-1, 1:-1].flatten()
+    assert float(torch.corrcoef(torch.stack([raw, back]))[0, 1]) > 0.95
+    # still a ten-class task a nearest-centroid rule separates
+    centroids = torch.stack([x[y == c].flatten(1).mean(0) for c in range(10)])
+    xt, yt = test.tensors
+    guess = torch.cdist(xt.flatten(1), centroids).argmin(1)
+    assert float((guess == yt).float().mean()) > 0.85

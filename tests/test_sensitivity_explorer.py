@@ -67,14 +67,21 @@ def test_scatter_equals_an_independent_layer_sensitivity(explorer, mlp, mlp_load
     assert explorer.scatter.layout.xaxis.type == "log"
 
 
-def test_picking_layers_only_redraws(explorer):
+def test_a_layer_is_pruned_alone_when_first_picked_then_only_redrawn(explorer):
+    assert explorer.sensed_layers == {"0.weight"}  # the first figure needs only this layer
+    assert set(explorer.sensitivity["parameter"]) == {"0.weight"}
     before = violin(explorer.saliency, "WoodFisher")
     computations = explorer.computations
     explorer.layer.value = "3.weight"
-    assert explorer.computations == computations
-    assert explorer.last_redraw_seconds < 2.0
+    assert explorer.computations == computations  # no curvature estimated again
+    assert explorer.sensed_layers == {"0.weight", "3.weight"}
+    rows = explorer.sensitivity
+    assert len(rows) == 2 * 2 * len(SPARSITIES)  # (OBD, WoodFisher) × layers × sparsities
     after = violin(explorer.saliency, "WoodFisher")
     assert len(after) == 15 and not np.array_equal(before, after)
+    explorer.layer.value = "0.weight"
+    assert len(explorer.sensitivity) == len(rows)  # picked before: only redrawn
+    assert explorer.last_redraw_seconds < 2.0
     explorer.log_scale.value = False
     explorer.layer.value = ALL_LAYERS
     names = {t.name for t in explorer.scatter.data}
@@ -83,6 +90,21 @@ def test_picking_layers_only_redraws(explorer):
             assert f"{layer} · {method}" in names
     assert set(explorer.saliency.data[0].x) == {"0.weight", "3.weight"}
     assert explorer.computations == computations
+
+
+def test_all_layers_computes_every_layer_once(mlp, mlp_loader):
+    explorer = LayerSensitivityExplorer(
+        mlp, mlp_loader, methods=("obd",), sparsities=SPARSITIES, damping=LAMBDA,
+        num_samples=M, layer=ALL_LAYERS, compute=True,
+    )  # fmt: skip
+    assert explorer.sensed_layers == {"0.weight", "3.weight"}
+    settings = PruningSettings("obd", damping=LAMBDA, num_samples=M)
+    frame = layer_sensitivity(mlp, settings, mlp_loader, sparsities=SPARSITIES, progress=False)
+    np.testing.assert_allclose(
+        explorer.sensitivity["actual_delta_loss"], frame["actual_delta_loss"], rtol=1e-10
+    )
+    with pytest.raises(ValueError, match="choose among"):
+        layer_sensitivity(mlp, settings, mlp_loader, layers=["9.weight"], progress=False)
 
 
 def test_impossible_choices_show_a_message(explorer):

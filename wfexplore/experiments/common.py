@@ -147,15 +147,17 @@ class MethodCurvatures:
         eval_data: Iterable,
         sparsities: Sequence[float],
         update: str | None = None,
+        layers: Sequence[str] | None = None,
     ) -> pd.DataFrame:
-        """Each layer pruned alone at each sparsity (:func:`~wfexplore.pruning.layer_sensitivity`),
-        with a ``method`` column first."""
+        """Each layer (or each of ``layers``) pruned alone at each sparsity
+        (:func:`~wfexplore.pruning.layer_sensitivity`), with a ``method`` column first."""
         table = layer_sensitivity(
             self.model,
             self.curvature(method),
             eval_data=eval_data,
             sparsities=sparsities,
             update=effective_update(method, update),
+            layers=layers,
             progress=self.progress,
         )
         table.insert(0, "method", method)

@@ -42,15 +42,18 @@ def layer_sensitivities(
     *,
     sparsities: Sequence[float],
     update: str | None = None,
+    layers: Sequence[str] | None = None,
     reporter: Progress = QUIET,
 ) -> LayerSensitivity:
-    """Saliencies of ``methods`` and, for those with a curvature, each layer pruned alone.
+    """Saliencies of ``methods`` and, for those with a curvature, each layer (or each of
+    ``layers``) pruned alone.
 
     ``update`` is the weight update of the sensitivity runs (default: the summed OBS update
     for WoodFisher and K-FAC; none for OBD). What ``study`` holds already is not recomputed.
     """
     frames = []
-    layers = len(study.layers)
+    count = len(layers) if layers is not None else len(study.layers)
+    which = f"the {count} layers" if count > 1 else (layers or study.layers)[0]
     for method in methods:
         reporter.note(f"Estimating the curvature of {method_label(method)}…")
         study.saliency(method)
@@ -58,10 +61,10 @@ def layer_sensitivities(
         if method in NO_PREDICTION:
             continue
         reporter.note(
-            f"Pruning each of the {layers} layers alone with {method_label(method)} "
-            f"at {len(sparsities)} sparsities…"
+            f"Pruning {'each of ' if count > 1 else ''}{which} alone with "
+            f"{method_label(method)} at {len(sparsities)} sparsities…"
         )
-        frames.append(study.sensitivity(method, eval_data, sparsities, update))
+        frames.append(study.sensitivity(method, eval_data, sparsities, update, layers))
         reporter.step()
     return LayerSensitivity(
         saliencies={m: study.saliencies[m] for m in methods},

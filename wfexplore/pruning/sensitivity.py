@@ -70,6 +70,7 @@ def layer_sensitivity(
     sparsities: Sequence[float] = DEFAULT_GRID,
     update: str | None = None,
     eval_data: Iterable | None = None,
+    layers: Sequence[str] | None = None,
     options: RunOptions | None = None,
     **changes,
 ) -> pd.DataFrame:
@@ -77,9 +78,10 @@ def layer_sensitivity(
 
     One row per (layer, sparsity): ``pruned``, ``predicted_delta_loss``,
     ``sum_of_saliencies`` (Σ ρ_q of the removed weights), ``actual_delta_loss``, ``loss``
-    and ``accuracy`` on ``eval_data`` (default ``data``). ``options`` (and keyword
-    ``changes`` of its fields) as in :func:`~wfexplore.pruning.prune_model`. The caller's
-    model is not changed.
+    and ``accuracy`` on ``eval_data`` (default ``data``). ``layers`` (parameter names)
+    prunes only those, in the layout's order (default: every analysed layer). ``options``
+    (and keyword ``changes`` of its fields) as in :func:`~wfexplore.pruning.prune_model`.
+    The caller's model is not changed.
     """
     (options,) = with_changes(changes, options or RunOptions())
     options = options.with_budget(model)
@@ -92,6 +94,7 @@ def layer_sensitivity(
         raise ValueError("eval_data: pass a loader to measure the actual loss change on")
     curvature, layout = curvature_for(model, method, data, options)
     update = resolved_update(update, diagonal=curvature.is_diagonal)
+    chosen = _chosen_layers(layout, layers)
     probe = private_copy(model)
     params = dict(probe.named_parameters())
     w = layout.flatten(probe).to(torch.float64)
@@ -101,9 +104,10 @@ def layer_sensitivity(
     ranks = options.ranks()
     dense = evaluate_model(probe, eval_data, loss_fn=options.loss_fn, ranks=ranks)
     rows = []
-    total = len(layout.parameters) * len(grid)
-    bar = tqdm(total=total, desc="sensitivity", disable=not options.progress)
+    bar = tqdm(total=len(chosen) * len(grid), desc="sensitivity", disable=not options.progress)
     for i, p in enumerate(layout.parameters):
+        if p.name not in chosen:
+            continue
         for s in grid:
             pruned = select_pruned(scores, layout, {p.name: s}, scope="layerwise", fixed=fixed)
             change = update_weights(
@@ -136,6 +140,16 @@ def layer_sensitivity(
             bar.update(1)
     bar.close()
     return pd.DataFrame(rows)
+
+
+def _chosen_layers(layout, layers: Sequence[str] | None) -> set[str]:
+    names = [p.name for p in layout.parameters]
+    if layers is None:
+        return set(names)
+    unknown = [name for name in layers if name not in names]
+    if unknown or not layers:
+        raise ValueError(f"layers: {unknown or 'none'} given; choose among {names}")
+    return set(layers)
 
 
 def global_allocation(

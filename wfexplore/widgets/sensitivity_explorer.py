@@ -56,7 +56,10 @@ class LayerSensitivityExplorer(ComputingDashboard):
     drawn, ``progress`` / ``progress_label`` the computation. ``saliencies`` (method →
     :class:`~wfexplore.pruning.Saliency`) and ``sensitivity`` (tidy frame with a ``method``
     column) hold the cached results. Nothing is computed until the dashboard is displayed,
-    :meth:`compute` is called, or ``compute=True``.
+    :meth:`compute` is called, or ``compute=True``; then the curvatures and saliencies of
+    every method once, and each layer pruned alone when that layer is first picked ("all
+    layers": every layer not computed yet), so that a large model's first figure comes
+    quickly. ``sensed_layers`` holds the layers computed so far.
 
     Magnitude pruning has no curvature: its ½‖δw‖² is no prediction of the loss, so it is
     drawn among the saliencies only. ``update`` is the weight update of the sensitivity
@@ -96,6 +99,7 @@ class LayerSensitivityExplorer(ComputingDashboard):
             names=names,
         )  # fmt: skip
         self.sensitivity = pd.DataFrame()
+        self.sensed_layers: set[str] = set()
         self.computations = 0
         self.last_redraw_seconds = float("nan")
         self._saliency_frame = pd.DataFrame()
@@ -169,24 +173,35 @@ class LayerSensitivityExplorer(ComputingDashboard):
 
     @property
     def computed(self) -> bool:
-        return set(self.saliencies) == set(self.method_names)
+        """Whether the picked layer (every layer for "all layers") is computed."""
+        return set(self.saliencies) == set(self.method_names) and not self._missing_layers()
+
+    def _missing_layers(self) -> list[str]:
+        picked = self.state.layer
+        wanted = self.study.layers if picked == ALL_LAYERS else [picked]
+        return [layer for layer in wanted if layer not in self.sensed_layers]
 
     # --- computing --------------------------------------------------------------------------
     def compute(self) -> None:
-        """Saliencies and per-layer sensitivity of every method, once."""
+        """Saliencies of every method (once), and each layer pruned alone for the picked
+        layer (every layer for "all layers") where not computed yet."""
         todo = [m for m in self.method_names if m not in self.saliencies]
-        if not todo:
+        layers = self._missing_layers()
+        if not todo and not layers:
             return
-        with self.working(sensitivity_steps(todo)):
+        methods = list(self.method_names) if layers else todo
+        with self.working(sensitivity_steps(methods)):
             result = layer_sensitivities(
                 self.study,
-                todo,
+                methods,
                 self.eval_data,
                 sparsities=self.sparsity_grid,
                 update=self.update_rule,
+                layers=layers or None,
                 reporter=self,
             )
         self.computations += len(todo)
+        self.sensed_layers.update(layers or self.study.layers)
         frames = [f for f in (self.sensitivity, result.sensitivity) if len(f)]
         if frames:
             self.sensitivity = pd.concat(frames, ignore_index=True)
