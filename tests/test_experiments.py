@@ -117,7 +117,13 @@ def test_a_new_comparer_setting_prunes_only_its_own_points(mlp, mlp_loader, prun
     from wfexplore.widgets.pruning_comparer import PruningComparer
 
     comparer = PruningComparer(
-        mlp, mlp_loader, sparsities=(0.2, 0.5, 0.8), cache=tmp_path, compute=True, **CURVATURE
+        mlp,
+        mlp_loader,
+        sparsities=(0.2, 0.5, 0.8),
+        cache=tmp_path,
+        prefetch=False,
+        compute=True,
+        **CURVATURE,
     )
     assert comparer.message.value == "" and len(prunings) == 9
     start = time.perf_counter()

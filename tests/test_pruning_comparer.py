@@ -26,6 +26,7 @@ def comparer(mlp, mlp_loader, tmp_path):
         sparsity=0.5,
         steps_options=(1, 2),
         cache=tmp_path / "sweeps",
+        prefetch=False,
         compute=True,
         **SETTINGS,
     )
@@ -181,7 +182,7 @@ def test_training_protocols_equal_direct_gradual_and_finetune_runs(mlp, mlp_load
     comparer = PruningComparer(
         mlp, mlp_loader, methods=("magnitude", "woodfisher"), sparsities=(0.3, 0.6),
         sparsity=0.6, train_data=train, epochs=2, prune_every=1, cache=tmp_path / "sweeps",
-        compute=True, **SETTINGS,
+        prefetch=False, compute=True, **SETTINGS,
     )  # fmt: skip
     assert comparer.protocol.layout.display != "none"
     one_shot = {m: curve(comparer.accuracy, label)[1] for m, label in _LABELS}
@@ -259,3 +260,25 @@ def test_training_protocol_points_are_read_from_the_protocol_sweeps_cache(
     for method, label in _LABELS:
         rows = swept.points[swept.points["method"] == method].sort_values("sparsity")
         np.testing.assert_array_equal(curve(comparer.accuracy, label)[1], rows["accuracy"])
+
+
+def test_settings_one_click_away_are_computed_in_the_background(mlp, mlp_loader, tmp_path):
+    comparer = PruningComparer(
+        mlp, mlp_loader, methods=("magnitude", "woodfisher"), sparsities=SPARSITIES,
+        steps_options=(1, 2), cache=False, compute=True, **SETTINGS,
+    )  # fmt: skip
+    assert comparer.wait_for_prefetch(timeout=300) and comparer.prefetch_error is None
+    # one click away from (global, summed, 1 step): none and group; layerwise; 2 steps
+    assert comparer.prefetched == 4
+    calls = comparer.sweep_calls
+    frame = reference_sweep(mlp, mlp_loader, update="group")
+    comparer.update_choice.value = "group"
+    assert comparer.sweep_calls == calls and comparer.message.value == ""
+    rows = frame[frame["method"] == "woodfisher"].sort_values("sparsity")
+    np.testing.assert_allclose(curve(comparer.accuracy, "WoodFisher")[1], rows["accuracy"])
+    assert comparer.wait_for_prefetch(timeout=300)
+    comparer.steps.value = 2  # (global, group, 2 steps): computed ahead after the last click
+    assert comparer.sweep_calls == calls
+    frame = reference_sweep(mlp, mlp_loader, update="group", steps=2)
+    rows = frame[frame["method"] == "woodfisher"].sort_values("sparsity")
+    np.testing.assert_allclose(curve(comparer.accuracy, "WoodFisher")[1], rows["accuracy"])

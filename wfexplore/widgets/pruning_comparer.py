@@ -6,7 +6,9 @@ sparsities (:func:`~wfexplore.experiments.sweep_points` for one-shot pruning,
 :func:`~wfexplore.experiments.protocol_points` for one-shot + fine-tune and gradual pruning
 with training: accuracy, loss and the masks of every point, cached on disk), so nothing is
 pruned twice. Choosing a setting not computed yet computes it, with a progress bar; moving the
-sparsity slider only redraws from the cache.
+sparsity slider only redraws from the cache. While the dashboard waits, a background thread
+computes the one-shot settings one click away (each other update, scope and number of steps),
+so that the next choice is usually drawn at once.
 
 Shown: the accuracy curves with a marker at the slider, the sparsity of each layer, the
 masks of one layer as pictures (pruned, kept, compensated by the OBS update) and the
@@ -15,6 +17,8 @@ Jaccard overlap of two methods' pruned sets.
 
 from __future__ import annotations
 
+import itertools
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -128,7 +132,9 @@ class PruningComparer(ComputingDashboard):
     steps (default: as many as fit); ``training`` is the optimizer and its seed
     (:class:`~wfexplore.pruning.TrainingSettings`). Their points are those of
     :func:`~wfexplore.experiments.protocol_sweep` with the same settings, read from its cache.
-    ``save_bar`` writes the current figures and tables to an HTML file.
+    ``save_bar`` writes the current figures and tables to an HTML file. With ``prefetch``
+    a background thread computes the one-shot settings one click away from the drawn one
+    (:meth:`wait_for_prefetch` waits for it; ``prefetched`` counts its sweeps).
     """
 
     CONTROLS = {
@@ -169,6 +175,7 @@ class PruningComparer(ComputingDashboard):
         prune_every: int = 1,
         gradual_steps: int | None = None,
         training: TrainingSettings | None = None,
+        prefetch: bool = True,
         compute: bool = False,
     ):
         methods = check_methods(methods)
@@ -195,6 +202,13 @@ class PruningComparer(ComputingDashboard):
         self.overlap_table = pd.DataFrame()
         self.points: dict[tuple, PrunedPoint] = {}
         self.sweep_calls = 0
+        self.prefetch = prefetch
+        self.prefetched = 0
+        self.prefetch_error: Exception | None = None
+        self._lock = threading.Lock()  # one sweep at a time: the dashboard's or the prefetch's
+        self._stop_prefetch = threading.Event()
+        self._prefetcher: threading.Thread | None = None
+        self._steps_options = steps_options
         self.last_redraw_seconds = float("nan")
         self._drawn: tuple | None = None
         self.picture_layer, self.image_shape = picture_defaults(model, picture_layer, image_shape)
@@ -357,6 +371,7 @@ class PruningComparer(ComputingDashboard):
         An impossible choice, or a failure of the computation, is shown in ``message``; the
         figures keep what they showed.
         """
+        self._stop_prefetch.set()
         try:
             self._check(self.setting)
             self._compute_missing(self.setting)
@@ -364,6 +379,7 @@ class PruningComparer(ComputingDashboard):
             self.fail(err)
             return
         self.redraw()
+        self._start_prefetch(self.setting)
 
     def compute(self) -> None:
         """Compute the current choice (what displaying the dashboard does)."""
@@ -380,37 +396,87 @@ class PruningComparer(ComputingDashboard):
                 "show the last choice that could be drawn."
             )
 
+    def _missing(self, s: dict) -> list[str]:
+        return [m for m in s["methods"] if not self.computed(m, s)]
+
     def _compute_missing(self, s: dict) -> None:
-        missing = [m for m in s["methods"] if not self.computed(m, s)]
-        if not missing:
+        if not self._missing(s):
             return
-        with self.working(1):
+        with self.working(1), self._lock:  # waits for a prefetch sweep under way
+            missing = self._missing(s)
+            if not missing:
+                return
             self.note(
                 f"{protocol_label(s['protocol']).capitalize()} pruning of "
                 f"{', '.join(method_label(m) for m in missing)} at "
                 f"{len(self.sparsities)} sparsities ({_describe(s, self.training_plan)})…"
             )
-            common = {
-                "methods": missing,
-                "sparsities": self.sparsities,
-                "scope": s["scope"],
-                "update": s["update"],
-                "cache": self.cache,
-                **self.curvature_settings,
-            }
-            if s["protocol"] == "one_shot":
-                frame, points = sweep_points(
-                    self.model, self.data, self.eval_data, steps=s["steps"], **common
-                )
-            else:
-                frame, points = protocol_points(
-                    self.model, self.train_data, self.eval_data, protocol=s["protocol"],
-                    data=self.data, **common, **self.training_plan,
-                )  # fmt: skip
+            self._sweep(s, missing)
             self.sweep_calls += 1
-            self._add_rows(frame)
-            self.points.update(points)
             self.step()
+
+    def _sweep(self, s: dict, methods: list[str]) -> None:
+        """Sweep ``methods`` under setting ``s`` over every sparsity; keep rows and masks."""
+        common = {
+            "methods": methods,
+            "sparsities": self.sparsities,
+            "scope": s["scope"],
+            "update": s["update"],
+            "cache": self.cache,
+            **self.curvature_settings,
+        }
+        if s["protocol"] == "one_shot":
+            frame, points = sweep_points(
+                self.model, self.data, self.eval_data, steps=s["steps"], **common
+            )
+        else:
+            frame, points = protocol_points(
+                self.model, self.train_data, self.eval_data, protocol=s["protocol"],
+                data=self.data, **common, **self.training_plan,
+            )  # fmt: skip
+        self._add_rows(frame)
+        self.points.update(points)
+
+    # --- computing ahead --------------------------------------------------------------------
+    def neighbours(self, s: dict | None = None) -> list[dict]:
+        """The one-shot settings one control change away from ``s`` (default: the current
+        one): each other update, the other scope, each other number of steps."""
+        s = s or self.setting
+        if s["protocol"] != "one_shot":
+            return []
+        changes = [("update", u) for u in UPDATES if u != s["update"]]
+        changes += [("scope", c) for c in SCOPES if c != s["scope"]]
+        changes += [("steps", k) for k in self._steps_options if k != s["steps"]]
+        return [{**s, key: value} for key, value in changes]
+
+    def _start_prefetch(self, s: dict) -> None:
+        if not self.prefetch or not any(self._missing(n) for n in self.neighbours(s)):
+            return
+        self._stop_prefetch = threading.Event()  # a thread still running ends after its sweep
+        self._prefetcher = threading.Thread(
+            target=self._prefetch, args=(self.neighbours(s), self._stop_prefetch), daemon=True
+        )
+        self._prefetcher.start()
+
+    def _prefetch(self, settings: list[dict], stop: threading.Event) -> None:
+        for s in itertools.takewhile(lambda _: not stop.is_set(), settings):
+            with self._lock:
+                missing = self._missing(s)
+                if stop.is_set() or not missing:
+                    continue
+                try:
+                    self._sweep(s, missing)
+                except Exception as err:  # noqa: BLE001 - the dashboard computes it when chosen
+                    self.prefetch_error = err
+                    return
+                self.prefetched += 1
+
+    def wait_for_prefetch(self, timeout: float | None = None) -> bool:
+        """Wait for the background computation to end; whether it has."""
+        thread = self._prefetcher
+        if thread is not None:
+            thread.join(timeout)
+        return thread is None or not thread.is_alive()
 
     def _add_rows(self, frame: pd.DataFrame) -> None:
         if not len(self.frame):
