@@ -142,3 +142,17 @@ def test_the_project_passes_ruff_with_its_complexity_rules():
             text=True,
         )
         assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_teacher_page_imports_no_torch():
+    """The Voilà teacher draws its first figure without loading torch (seconds of import)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, wfexplore.widgets.teacher; "
+        "print(sorted(m for m in ('torch', 'torchvision', 'sklearn') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

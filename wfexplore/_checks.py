@@ -6,6 +6,10 @@ import math
 from collections.abc import Iterator
 
 
+class ImpossibleSetting(ValueError):
+    """A choice of settings that cannot be computed; the message says why and what to do."""
+
+
 def positive_int(value, name: str, hint: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}; {hint}")

@@ -9,6 +9,7 @@ from typing import Protocol
 import pandas as pd
 from torch import nn
 
+from wfexplore._checks import ImpossibleSetting  # noqa: F401 - part of this module's interface
 from wfexplore.curvature.base import AnyCurvature
 from wfexplore.params import BlockSpec
 from wfexplore.pruning import (
@@ -28,10 +29,6 @@ METHOD_LABELS = {
     "woodfisher": "WoodFisher",
     "kfac": "K-FAC",
 }
-
-
-class ImpossibleSetting(ValueError):
-    """A choice of settings that cannot be computed; the message says why and what to do."""
 
 
 class Progress(Protocol):

@@ -17,7 +17,7 @@ import ipywidgets as widgets
 import plotly.graph_objects as go
 import traitlets
 
-from wfexplore.experiments.common import ImpossibleSetting
+from wfexplore._checks import ImpossibleSetting
 
 # JupyterLab's theme variables, with light fallbacks: readable in Light, Dark and Voilà
 # (the plain colour first, for pages without the variables)
