@@ -205,7 +205,9 @@ class LayerSensitivityExplorer(ComputingDashboard):
         frames = [f for f in (self.sensitivity, result.sensitivity) if len(f)]
         if frames:
             self.sensitivity = pd.concat(frames, ignore_index=True)
-        self._saliency_frame = saliency_frame(self.saliencies)
+        if todo:
+            frame = saliency_frame(self.saliencies)
+            self._saliency_frame = frame.assign(method=frame["method"].map(method_label))
 
     def update(self) -> None:
         """Compute once if needed, then redraw; impossible choices become a message."""
@@ -243,10 +245,8 @@ class LayerSensitivityExplorer(ComputingDashboard):
         s = self.setting
         notes = []
         layers = None if s["layer"] == ALL_LAYERS else [s["layer"]]
-        frame = self._saliency_frame.copy()
-        frame["method"] = frame["method"].map(method_label)
         violins = saliency_distributions(
-            frame,
+            self._saliency_frame,
             layers=layers,
             methods=[method_label(m) for m in s["methods"]],
             log=s["log_scale"],
