@@ -221,3 +221,24 @@ def test_kfac_memory_is_the_factors_not_the_blocks():
     assert curv.inverse_diag().shape == (60000,)
     with pytest.raises(ValueError, match="dense copy"):
         curv.block(0)
+
+
+def test_slicing_the_unfolded_patches_and_sizing_chunks_leave_the_factors_unchanged(
+    bn_cnn, cnn_loader, monkeypatch
+):
+    from wfexplore.curvature import kfac
+
+    layout = ParameterLayout.from_model(bn_cnn, block_size="layer")
+    whole = KFACCurvature.from_model(bn_cnn, cnn_loader, layout, 20, chunk_size=20, progress=False)
+    monkeypatch.setattr(kfac, "UNFOLD_BYTES", 1)  # one example per slice
+    monkeypatch.setattr(kfac, "CHUNK_ACTIVATION_BYTES", 1)  # one example per pass
+    assert kfac._examples_per_chunk(bn_cnn, cnn_loader) == 1
+    sliced = KFACCurvature.from_model(bn_cnn, cnn_loader, layout, 20, progress=False)
+    for a, b in zip(whole.factors, sliced.factors, strict=True):
+        torch.testing.assert_close(a.A, b.A, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(a.S, b.S, rtol=1e-12, atol=1e-14)
+    A, S = _reference_factors(bn_cnn, bn_cnn[:4], bn_cnn[5:], cnn_loader, 20, bn_cnn[4])
+    torch.testing.assert_close(sliced.factors[1].A, A, rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(sliced.factors[1].S, S, rtol=1e-10, atol=1e-14)
+    monkeypatch.setattr(kfac, "CHUNK_ACTIVATION_BYTES", 2**40)
+    assert kfac._examples_per_chunk(bn_cnn, cnn_loader) == kfac.MAX_CHUNK_EXAMPLES

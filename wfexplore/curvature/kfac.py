@@ -43,6 +43,7 @@ from wfexplore.curvature.base import (
     Curvature,
     Positions,
 )
+from wfexplore.curvature.plan import ACTIVATION_COPIES, activation_bytes_of, first_input
 from wfexplore.gradients import (
     FISHER_KINDS,
     LossFn,
@@ -52,7 +53,11 @@ from wfexplore.gradients import (
 )
 from wfexplore.params import ParameterLayout
 
-DEFAULT_CHUNK_EXAMPLES = 256
+MAX_CHUNK_EXAMPLES = 256
+CHUNK_ACTIVATION_BYTES = 2**30
+"""Activations one chunk of examples may keep alive for its backward pass (sets the chunk)."""
+UNFOLD_BYTES = 2**28
+"""Unfolded input patches and output gradients (float64) formed at once for one layer."""
 
 
 @dataclass
@@ -275,7 +280,7 @@ def kronecker_factors(
     fisher: str = "empirical",
     seed: int = 0,
     dtype: torch.dtype = torch.float64,
-    chunk_size: int = DEFAULT_CHUNK_EXAMPLES,
+    chunk_size: int | None = None,
     progress: bool = True,
     ranks=None,
 ) -> list[KroneckerFactors]:
@@ -284,10 +289,16 @@ def kronecker_factors(
     One forward and one backward pass per chunk of examples on an eval-mode copy: inputs of
     the layers are caught by forward hooks, output gradients by ``torch.autograd.grad`` of
     Σ_groups (mean loss of the group), so each example's output gradient is its own.
+    ``chunk_size`` (examples per pass) defaults to as many as keep the activations within
+    :data:`CHUNK_ACTIVATION_BYTES` (at most :data:`MAX_CHUNK_EXAMPLES`); the sums
+    Σ_t a_t a_tᵀ and Σ_t s_t s_tᵀ are formed over slices of a chunk's examples whose unfolded
+    patches fit :data:`UNFOLD_BYTES`, so a ResNet-50 stem never unfolds a whole chunk.
     """
     check_kfac_layout(layout)
     positive_int(num_samples, "num_samples", "e.g. num_samples=256")
     positive_int(batch_size, "batch_size", "use 1 for per-example gradients")
+    if chunk_size is None:
+        chunk_size = _examples_per_chunk(model, data)
     positive_int(chunk_size, "chunk_size", "e.g. chunk_size=256")
     one_of(fisher, "fisher", FISHER_KINDS)
     if fisher == "true":
@@ -315,6 +326,35 @@ def kronecker_factors(
     if ranks is not None:
         sums.combine(ranks)
     return sums.factors(layout, batch_size, device)
+
+
+def _examples_per_chunk(model: nn.Module, data) -> int:
+    """Examples whose activations (``ACTIVATION_COPIES`` per example) fit
+    :data:`CHUNK_ACTIVATION_BYTES`, between 1 and :data:`MAX_CHUNK_EXAMPLES`."""
+    example = first_input(data)
+    if example is None:
+        return MAX_CHUNK_EXAMPLES
+    per_example = ACTIVATION_COPIES * activation_bytes_of(private_copy(model), example)
+    return max(1, min(MAX_CHUNK_EXAMPLES, CHUNK_ACTIVATION_BYTES // max(per_example, 1)))
+
+
+def _products(module: nn.Module, x: torch.Tensor, g: torch.Tensor, dtype: torch.dtype):
+    """Σ_n (1/T) Σ_t a_t a_tᵀ and Σ_n Σ_t s_t s_tᵀ of one layer over the examples of a chunk,
+    in slices of examples whose unfolded patches and output gradients fit UNFOLD_BYTES."""
+    first = _patches(module, x[:1])
+    per_example = (first.numel() + g[:1].numel()) * torch.finfo(dtype).bits // 8
+    step = max(1, UNFOLD_BYTES // max(per_example, 1))
+    a_sum = s_sum = None
+    for start in range(0, x.shape[0], step):
+        a = _patches(module, x[start : start + step]).to(dtype)  # (n, T, in)
+        s = g[start : start + step].to(dtype)
+        s = s.movedim(1, -1) if not isinstance(module, nn.Linear) else s
+        s = s.reshape(-1, s.shape[-1])  # (n·T, out)
+        rows = a.reshape(-1, a.shape[-1])
+        a_part, s_part = rows.T @ rows / a.shape[1], s.T @ s
+        a_sum = a_part if a_sum is None else a_sum.add_(a_part)
+        s_sum = s_part if s_sum is None else s_sum.add_(s_part)
+    return a_sum, s_sum
 
 
 class _FactorSums:
@@ -349,13 +389,7 @@ class _FactorSums:
         outputs = [self.caught[name][0][1] for name in self.modules]
         grads = torch.autograd.grad(loss, outputs)
         for (name, module), g in zip(self.modules.items(), grads, strict=True):
-            a = _patches(module, self.caught[name][0][0]).to(self.dtype)  # (N, T, in)
-            s = g.to(self.dtype)
-            s = s.movedim(1, -1) if not isinstance(module, nn.Linear) else s
-            s = s.reshape(-1, s.shape[-1])  # (N·T, out)
-            per_location = a.reshape(-1, a.shape[-1])
-            a_sum = per_location.T @ per_location / a.shape[1]
-            s_sum = s.T @ s
+            a_sum, s_sum = _products(module, self.caught[name][0][0], g, self.dtype)
             if name in self.sums_A:
                 self.sums_A[name] += a_sum
                 self.sums_S[name] += s_sum
