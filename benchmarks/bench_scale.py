@@ -11,9 +11,12 @@ evaluation), and ends with one line
 
     scale model=<name> d=<weights> m=<M> B=<B> seconds=<s> peak_gb=<g> plan_gb=<g>
 
-A plan over ``--max-memory-gb`` is refused before any work, as ``prune_model`` would;
-the line then says ``refused=1``. ``--grid`` also times dense against low-rank blocks side
-by side on a d × m × B grid of one synthetic layer and says which one ``auto`` picks.
+``--gradient-store`` (default ``auto``: in memory, or in a file on disk when the plan with
+the gradients in memory is over the budget) is passed on; the plan's ``strategy`` column and
+the measured line say where the gradients went. A plan over ``--max-memory-gb`` is refused
+before any work, as ``prune_model`` would; the line then says ``refused=1``. ``--grid``
+also times dense against low-rank blocks side by side on a d × m × B grid of one synthetic
+layer and says which one ``auto`` picks.
 """
 
 from __future__ import annotations
@@ -68,7 +71,8 @@ def child(args) -> dict:
     base = rss_gb()
     start = time.perf_counter()
     result = prune_model(model, settings, 0.5, data=data, update="summed", progress=False,
-                         per_layer_actual=False, max_memory_gb=args.max_memory_gb)  # fmt: skip
+                         per_layer_actual=False, max_memory_gb=args.max_memory_gb,
+                         gradient_store=args.gradient_store)  # fmt: skip
     seconds = time.perf_counter() - start
     return {
         "seconds": seconds,
@@ -77,6 +81,8 @@ def child(args) -> dict:
         "plan_gb": result.plan.peak_bytes / 2**30,
         "d": result.layout.dim,
         "representation": result.plan.representation,
+        "gradient_store": str(result.plan.gradient_store),
+        "disk_gb": result.plan.disk_bytes / 2**30,
         "accuracy": result.summary.get("accuracy"),
     }
 
@@ -112,6 +118,8 @@ def main() -> None:
     parser.add_argument("--block-size", type=lambda t: t if t in ("layer", "model") else int(t),
                         default=2000)  # fmt: skip
     parser.add_argument("--max-memory-gb", type=float, default=None)
+    parser.add_argument("--gradient-store", default="auto",
+                        help="auto, memory, disk or a folder for the gradient file")  # fmt: skip
     parser.add_argument("--grid", action="store_true", help="time dense vs low-rank on a grid")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -130,7 +138,8 @@ def main() -> None:
     settings = PruningSettings("woodfisher", num_samples=args.num_samples,
                                block_size=args.block_size)  # fmt: skip
     plan = wfexplore.plan(build(args.model), settings, max_memory_gb=args.max_memory_gb,
-                          example=data_for(args.model, 2))  # fmt: skip
+                          example=data_for(args.model, 2),
+                          gradient_store=args.gradient_store)  # fmt: skip
     print(plan)
     print(plan.layers.to_string(index=False, max_rows=12))
     d, plan_gb = int(plan.layers["numel"].sum()), plan.peak_bytes / 2**30
@@ -140,14 +149,16 @@ def main() -> None:
         print(f"{line} seconds=0 peak_gb=0 plan_gb={plan_gb:.3g} refused=1")
         return
     command = [sys.executable, __file__, "--child", f"--model={args.model}",
-               f"--num-samples={args.num_samples}", f"--block-size={args.block_size}"]  # fmt: skip
+               f"--num-samples={args.num_samples}", f"--block-size={args.block_size}",
+               f"--gradient-store={args.gradient_store}"]  # fmt: skip
     if args.max_memory_gb is not None:
         command.append(f"--max-memory-gb={args.max_memory_gb}")
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     measured = json.loads(done.stdout.strip().splitlines()[-1])
     print(f"\nmeasured in a fresh process: {measured['seconds']:.1f} s, peak RSS "
           f"{measured['peak_gb']:.2f} GB (of which {measured['base_gb']:.2f} GB before the call),"
-          f" {measured['representation']} blocks; plan {plan_gb:.2f} GB "
+          f" {measured['representation']} blocks, gradients: {measured['gradient_store']} "
+          f"({measured['disk_gb']:.2f} GB on disk); plan {plan_gb:.2f} GB "
           f"(ratio {plan_gb / (measured['peak_gb'] - measured['base_gb']):.2f} to the call's "
           f"own peak); load {os.getloadavg()[0]:.2f}")  # fmt: skip
     if args.grid:

@@ -9,6 +9,7 @@ from wfexplore.curvature.estimate import (
     from_gradients,
     resolve_representation,
 )
+from wfexplore.curvature.gradient_files import GradientFile
 from wfexplore.curvature.hessian import hessian_blocks
 from wfexplore.curvature.identity import IdentityCurvature
 from wfexplore.curvature.kfac import KFACCurvature
@@ -21,6 +22,7 @@ __all__ = [
     "DampedCurvature",
     "DenseBlockCurvature",
     "DiagonalCurvature",
+    "GradientFile",
     "IdentityCurvature",
     "KFACCurvature",
     "LowRankCurvature",

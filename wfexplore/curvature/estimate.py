@@ -19,6 +19,7 @@ from wfexplore.copies import private_copy
 from wfexplore.curvature.base import Curvature
 from wfexplore.curvature.dense import DEFAULT_MAX_MEMORY_GB, DenseAccumulator, dense_memory_bytes
 from wfexplore.curvature.diagonal import DiagonalAccumulator
+from wfexplore.curvature.gradient_files import check_gradient_store, local_store
 from wfexplore.curvature.identity import IdentityCurvature
 from wfexplore.curvature.kfac import KFACCurvature
 from wfexplore.curvature.lowrank import GradientStore
@@ -70,15 +71,21 @@ def from_gradients(
     dtype: torch.dtype = torch.float64,
     max_memory_gb: float = DEFAULT_MAX_MEMORY_GB,
     ranks: Ranks | None = None,
+    gradient_store="auto",
 ) -> Curvature:
     """M = (1/m) Σ_n g_n g_nᵀ (block-diagonal) from the ``(m, d)`` gradient matrix G or an
     iterable of its ``(c, d)`` row chunks, streamed once.
 
     ``representation``: ``"diagonal"``, ``"dense"``, ``"woodbury"``, ``"lowrank"`` or
     ``"auto"`` (see :func:`resolve_representation`). ``num_samples`` (m, when chunks are
-    given) lets the representations that hold G write it in place. With ``ranks`` the
-    gradients are this rank's share: sums are all-reduced and held rows all-gathered.
+    given) lets the representations that hold G write it in place. ``gradient_store`` is
+    where low-rank blocks hold G: ``"memory"``, ``"disk"`` (a file under ``cache_dir()``),
+    a folder path, or ``"auto"``: on disk when it would not fit ``max_memory_gb`` in memory
+    but does on disk (:class:`~.lowrank.GradientStore`; the other representations stream G
+    or, the recursion, hold it in memory). With ``ranks`` the gradients are this rank's
+    share: sums are all-reduced and held rows all-gathered (in memory).
     """
+    gradient_store = local_store(check_gradient_store(gradient_store), ranks is not None)
     if isinstance(gradients, torch.Tensor):
         num_samples = gradients.shape[0]
     representation = resolve_representation(representation, layout, num_samples, max_memory_gb)
@@ -89,7 +96,11 @@ def from_gradients(
         )
     chunks = [gradients] if isinstance(gradients, torch.Tensor) else gradients
     sink = _ACCUMULATORS[representation](
-        layout, dtype=dtype, max_memory_gb=max_memory_gb, num_samples=num_samples
+        layout,
+        dtype=dtype,
+        max_memory_gb=max_memory_gb,
+        num_samples=num_samples,
+        gradient_store=gradient_store,
     )
     m = 0
     for chunk in chunks:
@@ -128,6 +139,7 @@ def estimate_curvature(
     process_group=None,
     distributed: bool = True,
     planned: bool = False,
+    gradient_store="auto",
 ) -> Curvature:
     """The Fisher M = (1/m) Σ_n g_n g_nᵀ of ``model`` on ``data``, held as ``representation``.
 
@@ -145,13 +157,17 @@ def estimate_curvature(
     The result is undamped: pass λ to its inverse operations, or use ``.damped(λ)``.
     Before any gradient is computed, the plan of the work (:mod:`.plan`) is checked against
     ``max_memory_gb`` (default: a safe share of the free memory of the model's device);
-    ``planned=True`` says the caller has checked it already.
+    ``planned=True`` says the caller has checked it already. ``gradient_store`` places the
+    G of low-rank blocks: ``"memory"``, ``"disk"`` (a file under ``cache_dir()``, removed
+    with the curvature or by its ``close()``), a folder path, or ``"auto"``: on disk where the
+    plan with G in memory is over the budget and with G on disk is not.
 
     Under ``torch.distributed`` (an initialised process group, or ``process_group``; opt out
     with ``distributed=False``) each rank passes its own shard of the data and takes
     ``num_samples / world_size`` samples from it; the result, the same on every rank, is
     that of one process given the ranks' samples concatenated in rank order
     (:mod:`wfexplore.distributed`). ``fisher="true"`` then draws labels with seed + rank.
+    Low-rank blocks then hold G in memory (a gradient store on disk is refused).
     """
     one_of(representation, "representation", (*REPRESENTATIONS, "auto"))
     if layout is None:
@@ -165,9 +181,12 @@ def estimate_curvature(
     if max_memory_gb is None:
         max_memory_gb = default_budget_gb(first.device)
     representation = resolve_representation(representation, layout, num_samples, max_memory_gb)
-    if not planned:
-        _check_plan(model, data, layout, representation, num_samples, batch_size, max_memory_gb)
     ranks = Ranks.active(distributed, process_group)
+    gradient_store = local_store(check_gradient_store(gradient_store), ranks is not None)
+    if not planned or (representation == "lowrank" and gradient_store == "auto"):
+        work = _plan(model, data, layout, representation, num_samples, batch_size, max_memory_gb,
+                     gradient_store)  # fmt: skip
+        gradient_store = work.gradient_store if planned else work.check().gradient_store
     local = num_samples
     if ranks is not None:
         ranks.agree(
@@ -203,13 +222,14 @@ def estimate_curvature(
         dtype=dtype,
         max_memory_gb=max_memory_gb,
         ranks=ranks,
+        gradient_store=gradient_store,
     )
 
 
-def _check_plan(model, data, layout, representation, num_samples, batch_size, budget_gb):
-    """Refuse the work before any gradient when its plan is over ``budget_gb``."""
+def _plan(model, data, layout, representation, num_samples, batch_size, budget_gb, store):
+    """The plan of the work, made before any gradient (its G placed by ``store``)."""
     first = next(model.parameters())
-    plan_curvature(
+    return plan_curvature(
         layout,
         representation,
         num_samples,
@@ -218,7 +238,8 @@ def _check_plan(model, data, layout, representation, num_samples, batch_size, bu
         budget_gb=budget_gb,
         activation_bytes=_activations(model, data),
         batch_size=batch_size,
-    ).check()
+        gradient_store=store,
+    )
 
 
 def _activations(model: nn.Module, data) -> int:

@@ -6,9 +6,12 @@ K_B = mλI + G_B G_Bᵀ (m×m):
     (λI + G_BᵀG_B/m)⁻¹ = λ⁻¹[I − G_Bᵀ K_B⁻¹ G_B],
     [F_λ⁻¹]_qq = λ⁻¹(1 − ‖L_B⁻¹ g_q‖²)  with K_B = L_B L_Bᵀ and g_q column q of G_B.
 
-Only G (m×d, kept in the gradients' dtype) and, for the last λ asked for, one m×m
-Cholesky factor per block are held, so blocks can be whole layers or the whole model:
-O(m·d) memory, never |B|².
+Only G (m×d, kept in the gradients' dtype, in memory or in a file on disk:
+:mod:`.gradient_files`) and, for the last λ asked for, m×m Cholesky factors are held, so
+blocks can be whole layers or the whole model: O(m·d) memory, never |B|². The factors are
+kept while they total at most ``max_factor_bytes`` (8m² bytes each in float64, the first
+blocks asked for); the factor of a block beyond that is recomputed from G whenever it is
+needed (one pass over the block's columns, ≈ (5/4)m²|B| + m³/3 flops), with the same numbers.
 Products with G_B run in ``dtype`` (float64 by default) over column chunks. The two
 O(m²d) products, G_B G_Bᵀ and L_B⁻¹ G_B, skip the blocks of rows that symmetry or
 triangularity make redundant, about 5/8 of the work of plain matrix products.
@@ -24,11 +27,24 @@ from wfexplore.curvature.base import (
     Curvature,
     Positions,
 )
+from wfexplore.curvature.dense import DEFAULT_MAX_MEMORY_GB
+from wfexplore.curvature.gradient_files import (
+    GradientFile,
+    HeldGradients,
+    check_gradient_store,
+    wants_disk,
+)
+from wfexplore.curvature.plan import factor_budget_bytes, gradients_on_disk
 from wfexplore.params import ParameterLayout
 
 
 class LowRankCurvature(Curvature):
-    """M = GᵀG/m per block, represented by G; (M + λI)⁻¹ through K_B = mλI + G_B G_Bᵀ."""
+    """M = GᵀG/m per block, represented by G; (M + λI)⁻¹ through K_B = mλI + G_B G_Bᵀ.
+
+    ``gradients`` is G: a (m, d) tensor, or G held by :mod:`.gradient_files` (in memory, or a
+    :class:`~.gradient_files.GradientFile` on disk); ``self.gradients`` is what was given.
+    ``max_factor_bytes`` (None: no limit) bounds the kept Cholesky factors.
+    """
 
     kind = "lowrank"
     requires_damping = True
@@ -36,39 +52,45 @@ class LowRankCurvature(Curvature):
     def __init__(
         self,
         layout: ParameterLayout,
-        gradients: torch.Tensor,
+        gradients: torch.Tensor | HeldGradients | GradientFile,
         *,
         dtype: torch.dtype = torch.float64,
+        max_factor_bytes: int | None = None,
     ):
         super().__init__(layout)
-        if gradients.ndim != 2 or gradients.shape[1] != layout.dim:
+        if len(gradients.shape) != 2 or gradients.shape[1] != layout.dim:
             raise ValueError(
                 f"gradients: expected shape (m, {layout.dim}), got {tuple(gradients.shape)}"
             )
         self.gradients = gradients
+        self._source = (
+            HeldGradients(gradients) if isinstance(gradients, torch.Tensor) else gradients
+        )
         self.num_samples = gradients.shape[0]
         self.dtype = dtype
+        self.max_factor_bytes = max_factor_bytes
         largest = max(b.size for b in layout.blocks)
         self._columns = max(1, min(COLUMN_CHUNK_BYTES // (8 * self.num_samples), largest))
         self._buffers = [
-            torch.empty(self.num_samples, self._columns, dtype=dtype, device=gradients.device)
+            torch.empty(self.num_samples, self._columns, dtype=dtype, device=self.device)
             for _ in range(2)
         ]
-        self._factors: dict[float, list[torch.Tensor]] = {}
+        self._factor_damping: float | None = None
+        self._kept: dict[int, torch.Tensor] = {}
 
     @property
     def device(self) -> torch.device:
-        return self.gradients.device
+        return self._source.device
 
     # --- forward ---------------------------------------------------------------------------
     def diag(self) -> torch.Tensor:
-        out = torch.empty(self.dim, dtype=self.dtype, device=self.gradients.device)
+        out = torch.empty(self.dim, dtype=self.dtype, device=self.device)
         for start, stop in self._column_chunks(0, self.dim):
             out[start:stop] = self._cols(start, stop).pow(2).sum(0) / self.num_samples
         return out
 
     def mv(self, vector: torch.Tensor) -> torch.Tensor:
-        vector = vector.to(dtype=self.dtype, device=self.gradients.device)
+        vector = vector.to(dtype=self.dtype, device=self.device)
         out = torch.empty_like(vector)
         for b in self.layout.blocks:
             gv = self._times(b.start, b.stop, vector[b.start : b.stop, None])
@@ -78,9 +100,9 @@ class LowRankCurvature(Curvature):
 
     def columns(self, block: int, positions: Positions) -> torch.Tensor:
         b = self.layout.blocks[block]
-        positions = torch.as_tensor(positions, dtype=torch.long, device=self.gradients.device)
-        chosen = self.gradients[:, b.start + positions].to(self.dtype)  # (m, k)
-        cols = torch.empty(b.size, len(positions), dtype=self.dtype, device=chosen.device)
+        positions = torch.as_tensor(positions, dtype=torch.long, device=self.device)
+        chosen = self._select(b.start + positions)  # (m, k)
+        cols = torch.empty(b.size, len(positions), dtype=self.dtype, device=self.device)
         self._transpose_times(b.start, b.stop, chosen / self.num_samples, cols)
         return cols
 
@@ -91,63 +113,92 @@ class LowRankCurvature(Curvature):
                 f"block {index} has {b.size} weights; a dense copy is only made for blocks of at "
                 f"most {DISPLAY_BLOCK_LIMIT}; use a layout with a smaller block_size for display"
             )
-        g = self.gradients[:, b.start : b.stop].to(self.dtype)
+        g = torch.empty(self.num_samples, b.size, dtype=self.dtype, device=self.device)
+        self._source.read(b.start, b.stop, g)
         return g.T @ g / self.num_samples
 
     # --- inverse ---------------------------------------------------------------------------
     def _inverse_diag(self, damping: float) -> torch.Tensor:
-        out = torch.empty(self.dim, dtype=self.dtype, device=self.gradients.device)
-        for b, chol in zip(self.layout.blocks, self.factors(damping), strict=True):
-            eye = torch.eye(self.num_samples, dtype=self.dtype, device=chol.device)
-            chol_inv = torch.linalg.solve_triangular(chol, eye, upper=False)
+        out = torch.empty(self.dim, dtype=self.dtype, device=self.device)
+        eye = torch.eye(self.num_samples, dtype=self.dtype, device=self.device)
+        for b in self.layout.blocks:
+            chol_inv = torch.linalg.solve_triangular(
+                self.factor(b.index, damping), eye, upper=False
+            )
             for start, stop in self._column_chunks(b.start, b.stop):
                 w = _lower_times(chol_inv, self._cols(start, stop), self._buffers[1])
                 out[start:stop] = (1.0 - w.square_().sum(0)) / damping
         return out
 
     def _inverse_mv(self, vector: torch.Tensor, damping: float) -> torch.Tensor:
-        vector = vector.to(dtype=self.dtype, device=self.gradients.device)
+        vector = vector.to(dtype=self.dtype, device=self.device)
         out = torch.empty_like(vector)
-        for b, chol in zip(self.layout.blocks, self.factors(damping), strict=True):
+        for b in self.layout.blocks:
             v = vector[b.start : b.stop]
-            s = torch.cholesky_solve(self._times(b.start, b.stop, v[:, None]), chol)
-            gts = torch.empty(b.size, 1, dtype=self.dtype, device=vector.device)
+            gv = self._times(b.start, b.stop, v[:, None])
+            s = torch.cholesky_solve(gv, self.factor(b.index, damping))
+            gts = torch.empty(b.size, 1, dtype=self.dtype, device=self.device)
             self._transpose_times(b.start, b.stop, s, gts)
             out[b.start : b.stop] = (v - gts[:, 0]) / damping
         return out
 
     def _inverse_columns(self, block: int, positions: Positions, damping: float) -> torch.Tensor:
         b = self.layout.blocks[block]
-        positions = torch.as_tensor(positions, dtype=torch.long, device=self.gradients.device)
-        chosen = self.gradients[:, b.start + positions].to(self.dtype)  # (m, k)
-        s = torch.cholesky_solve(chosen, self.factors(damping)[block])
-        cols = torch.empty(b.size, len(positions), dtype=self.dtype, device=chosen.device)
+        positions = torch.as_tensor(positions, dtype=torch.long, device=self.device)
+        chosen = self._select(b.start + positions)  # (m, k)
+        s = torch.cholesky_solve(chosen, self.factor(block, damping))
+        cols = torch.empty(b.size, len(positions), dtype=self.dtype, device=self.device)
         self._transpose_times(b.start, b.stop, -s, cols)
         cols[positions, torch.arange(len(positions), device=cols.device)] += 1.0
         return cols / damping
 
     def memory_bytes(self) -> int:
-        held = [self.gradients]
-        held += [f for per_block in self._factors.values() for f in per_block]
-        return sum(t.numel() * t.element_size() for t in held)
+        kept = sum(f.numel() * f.element_size() for f in self._kept.values())
+        return self._source.memory_bytes() + kept
 
-    def factors(self, damping: float) -> list[torch.Tensor]:
-        """Cholesky factors L_B of K_B = mλI + G_B G_Bᵀ, kept for the last λ asked for."""
+    def factor(self, block: int, damping: float) -> torch.Tensor:
+        """The Cholesky factor L_B of K_B = mλI + G_B G_Bᵀ for block ``block``: kept for the
+        last λ asked for while the kept ones fit in ``max_factor_bytes``, else recomputed."""
         lam = self.absolute_damping(damping)
-        if lam not in self._factors:
-            self._factors.clear()  # one λ at a time: the factors are as large as the Grams
-            factors = []
-            for b in self.layout.blocks:
-                gram = self._gram(b.start, b.stop)
-                gram.diagonal().add_(self.num_samples * lam)
-                factors.append(torch.linalg.cholesky(gram))
-            self._factors[lam] = factors
-        return self._factors[lam]
+        if lam != self._factor_damping:
+            self._kept.clear()  # one λ at a time
+            self._factor_damping = lam
+        chol = self._kept.get(block)
+        if chol is None:
+            b = self.layout.blocks[block]
+            gram = self._gram(b.start, b.stop)
+            gram.diagonal().add_(self.num_samples * lam)
+            chol = torch.linalg.cholesky(gram)
+            if self._room_for(chol):
+                self._kept[block] = chol
+        return chol
+
+    def factors(self, damping: float) -> dict[int, torch.Tensor]:
+        """Every block's factor for λ computed once; those kept (block → L_B)."""
+        for b in self.layout.blocks:
+            self.factor(b.index, damping)
+        return self._kept
+
+    def close(self) -> None:
+        """Drop the kept factors and release G's store (a gradient file is removed unless it
+        was made with ``keep=True``)."""
+        self._kept.clear()
+        self._source.close()
 
     # --- helpers -------------------------------------------------------------------------
+    def _room_for(self, factor: torch.Tensor) -> bool:
+        if self.max_factor_bytes is None:
+            return True
+        size = factor.numel() * factor.element_size()
+        return (len(self._kept) + 1) * size <= self.max_factor_bytes
+
+    def _select(self, columns: torch.Tensor) -> torch.Tensor:
+        """G[:, columns] in ``dtype`` on the device."""
+        return self._source.select(columns).to(dtype=self.dtype, device=self.device)
+
     def _gram(self, start: int, stop: int) -> torch.Tensor:
         m = self.num_samples
-        gram = torch.zeros(m, m, dtype=self.dtype, device=self.gradients.device)
+        gram = torch.zeros(m, m, dtype=self.dtype, device=self.device)
         for a, z in self._column_chunks(start, stop):
             gram += _gram(self._cols(a, z))
         return gram
@@ -167,7 +218,7 @@ class LowRankCurvature(Curvature):
     def _cols(self, start: int, stop: int) -> torch.Tensor:
         """G[:, start:stop] in ``dtype``, in a reused buffer (valid until the next call)."""
         cols = self._buffers[0][:, : stop - start]
-        cols.copy_(self.gradients[:, start:stop])
+        self._source.read(start, stop, cols)
         return cols
 
     def _column_chunks(self, start: int, stop: int):
@@ -177,40 +228,52 @@ class LowRankCurvature(Curvature):
 
 class GradientStore:
     """Collects gradient chunks into the (m, d) matrix G, written in place when m is known
-    (allocated once, never copied)."""
+    (allocated once, never copied): in memory, or in a gradient file on disk when
+    ``gradient_store`` asks for it (``"disk"`` or a folder) or, with ``"auto"``, when what
+    low-rank blocks hold would be over ``max_memory_gb`` with G in memory but not with G on
+    disk (:func:`~.plan.gradients_on_disk`). The kept factors of the low-rank blocks made
+    from it are bounded by :func:`~.plan.factor_budget_bytes` of ``max_memory_gb``."""
 
     def __init__(
-        self, layout: ParameterLayout, dtype: torch.dtype, num_samples: int | None = None, **_
+        self,
+        layout: ParameterLayout,
+        dtype: torch.dtype,
+        num_samples: int | None = None,
+        *,
+        max_memory_gb: float = DEFAULT_MAX_MEMORY_GB,
+        gradient_store="memory",
+        **_,
     ):
         self.layout, self.dtype, self.num_samples = layout, dtype, num_samples
+        self.budget_bytes = max_memory_gb * 2**30
+        self.gradient_store = check_gradient_store(gradient_store)
+        if num_samples is None and wants_disk(gradient_store):
+            raise ValueError(
+                f"gradient_store={gradient_store!r}: a gradient file is sized by the number of "
+                "samples; pass num_samples=m"
+            )
         self.chunks: list[torch.Tensor] = []
-        self.rows: torch.Tensor | None = None
-        self.filled = 0
+        self.rows: HeldGradients | GradientFile | None = None
 
     def add(self, chunk: torch.Tensor) -> None:
         if self.num_samples is None:
             self.chunks.append(chunk)
             return
-        if self.rows is None and chunk.shape[0] == self.num_samples:
-            self.rows, self.filled = chunk, chunk.shape[0]  # G given whole: held, not copied
-            return
         if self.rows is None:
-            shape = (self.num_samples, chunk.shape[1])
-            self.rows = torch.empty(shape, dtype=chunk.dtype, device=chunk.device)
-        stop = self.filled + chunk.shape[0]
-        if stop > self.num_samples:
-            raise ValueError(f"gradients: more than num_samples={self.num_samples} rows")
-        self.rows[self.filled : stop] = chunk
-        self.filled = stop
+            self.rows = self._allocate(chunk)
+            if self.rows.filled:
+                return  # G given whole: held, not copied
+        self.rows.append(chunk)
 
-    def matrix(self, num_samples: int | None) -> torch.Tensor:
+    def matrix(self, num_samples: int | None) -> torch.Tensor | GradientFile:
+        """G: a tensor in memory, or the gradient file."""
         if self.rows is None:
             return self.chunks[0] if len(self.chunks) == 1 else torch.cat(self.chunks)
-        if self.filled != self.num_samples:
+        if self.rows.filled != self.num_samples:
             raise ValueError(
-                f"gradients: {self.filled} rows given but num_samples={self.num_samples}"
+                f"gradients: {self.rows.filled} rows given but num_samples={self.num_samples}"
             )
-        return self.rows
+        return self.rows.rows if isinstance(self.rows, HeldGradients) else self.rows
 
     def combine(self, ranks) -> None:
         """The ranks' rows, gathered in rank order (every rank then holds all of G)."""
@@ -218,7 +281,29 @@ class GradientStore:
         self.chunks, self.rows, self.num_samples = [ranks.gather_rows(local)], None, None
 
     def finish(self, num_samples: int) -> LowRankCurvature:
-        return LowRankCurvature(self.layout, self.matrix(num_samples), dtype=self.dtype)
+        return LowRankCurvature(
+            self.layout,
+            self.matrix(num_samples),
+            dtype=self.dtype,
+            max_factor_bytes=factor_budget_bytes(self.budget_bytes),
+        )
+
+    def _allocate(self, chunk: torch.Tensor) -> HeldGradients | GradientFile:
+        m, d = self.num_samples, chunk.shape[1]
+        whole = chunk.shape[0] == m
+        if self._on_disk(chunk.element_size(), whole):
+            folder = None if self.gradient_store in ("auto", "disk") else self.gradient_store
+            return GradientFile(m, d, chunk.dtype, folder=folder, device=chunk.device)
+        if whole:
+            return HeldGradients(chunk)
+        return HeldGradients.empty(m, d, chunk.dtype, chunk.device)
+
+    def _on_disk(self, itemsize: int, whole: bool) -> bool:
+        if self.gradient_store == "auto":  # G given whole is in memory already
+            return not whole and gradients_on_disk(
+                "auto", self.layout, self.num_samples, itemsize, self.budget_bytes
+            )
+        return wants_disk(self.gradient_store)
 
 
 ROW_PARTS = 4

@@ -21,6 +21,13 @@ G is the m × d matrix of gradient samples in the model's dtype (held by woodbur
 lowrank; streamed through, one chunk at a time, by the others). ``"auto"`` takes the
 cheaper of dense and low-rank blocks by these flops among those that fit: low-rank when
 m ≪ B, dense when B ≪ m.
+
+Low-rank blocks keep their m × m factors while they total at most ``FACTOR_SHARE`` of the
+budget (the first blocks in order; the others are recomputed from G when used). Their G
+may live in a file on disk (:mod:`.gradient_files`, ``gradient_store``): it then counts in
+``disk_bytes``, not in the peak, which holds the file's read window instead. With
+``gradient_store="auto"`` G goes to disk when the peak with G in memory is over the budget,
+the peak with G on disk is not, and the folder has room for it.
 """
 
 from __future__ import annotations
@@ -28,11 +35,19 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 import torch
 
 from wfexplore.curvature.base import COLUMN_CHUNK_BYTES
+from wfexplore.curvature.gradient_files import (
+    check_free_space,
+    free_disk_bytes,
+    store_folder,
+    wants_disk,
+    window_columns,
+)
 from wfexplore.gradients import DEFAULT_CHUNK_BYTES
 from wfexplore.params import ParameterLayout
 
@@ -49,6 +64,8 @@ the work space of the vmapped products."""
 FLOAT64 = 8
 SAFE_SHARE = 0.8
 """Share of the free memory that the default budget allows."""
+FACTOR_SHARE = 0.5
+"""Share of the budget that the kept Cholesky factors of low-rank blocks may take."""
 AUTO_CHOICES = ("dense", "lowrank")
 
 
@@ -97,6 +114,58 @@ def buffer_bytes(representation: str, layout: ParameterLayout, num_samples: int)
     return 2 * FLOAT64 * num_samples * columns
 
 
+def window_bytes(num_samples: int, dim: int, itemsize: int) -> int:
+    """The read window of a gradient file: m × :func:`~.gradient_files.window_columns` entries."""
+    return num_samples * window_columns(num_samples, dim, itemsize) * itemsize
+
+
+def factor_budget_bytes(budget_bytes: float) -> int:
+    """Bytes that the kept Cholesky factors of low-rank blocks may take (``FACTOR_SHARE``)."""
+    return int(FACTOR_SHARE * budget_bytes)
+
+
+def kept_factor_blocks(layout: ParameterLayout, num_samples: int, budget_bytes: float) -> int:
+    """How many low-rank blocks (the first ones) keep their 8m²-byte factor within the budget."""
+    each = FLOAT64 * num_samples * num_samples
+    return min(layout.num_blocks, factor_budget_bytes(budget_bytes) // each) if each else 0
+
+
+def lowrank_bytes(
+    layout: ParameterLayout, num_samples: int, itemsize: int, budget_bytes: float, on_disk: bool
+) -> int:
+    """What low-rank blocks hold at their peak: G unless it is on disk, the kept factors, the
+    column buffers and, for G on disk, the file's read window."""
+    m, d = num_samples, layout.dim
+    held = window_bytes(m, d, itemsize) if on_disk else gradient_bytes(m, d, itemsize)
+    factors = FLOAT64 * m * m * kept_factor_blocks(layout, m, budget_bytes)
+    return held + factors + buffer_bytes("lowrank", layout, m)
+
+
+def gradients_on_disk(
+    gradient_store,
+    layout: ParameterLayout,
+    num_samples: int,
+    itemsize: int,
+    budget_bytes: float,
+    other_bytes: int = 0,
+) -> bool:
+    """Whether low-rank blocks write G to disk: asked for (``"disk"`` or a folder), or, with
+    ``"auto"``, when ``other_bytes`` plus what they hold is over the budget with G in memory,
+    within it with G on disk, and the folder has room for G."""
+    if gradient_store != "auto":
+        return wants_disk(gradient_store)
+    m = num_samples
+    if not m:
+        return False
+    in_memory, on_disk = (
+        other_bytes + lowrank_bytes(layout, m, itemsize, budget_bytes, disk)
+        for disk in (False, True)
+    )
+    if in_memory <= budget_bytes or on_disk > budget_bytes:
+        return False
+    return gradient_bytes(m, layout.dim, itemsize) <= free_disk_bytes(store_folder("auto"))
+
+
 def auto_representation(layout: ParameterLayout, num_samples: int, budget_bytes: float) -> str:
     """Dense or low-rank blocks, whichever needs fewer flops among those within the budget
     (dense blocks when nothing is known of m)."""
@@ -137,7 +206,12 @@ def default_budget_gb(device: torch.device | str = "cpu") -> float:
 
 @dataclass
 class Plan:
-    """What a run will hold and compute; ``layers`` has one row per analysed parameter."""
+    """What a run will hold and compute; ``layers`` has one row per analysed parameter.
+
+    ``gradient_store`` says where G is held: ``"memory"``, or the disk store (``"disk"`` or a
+    folder) writing ``disk_bytes`` into ``gradient_folder``. ``disk_alternative``, for a plan
+    over the budget, is the plan of low-rank blocks with G on disk when that one would fit.
+    """
 
     layers: pd.DataFrame
     method: str
@@ -146,39 +220,56 @@ class Plan:
     fixed_bytes: int
     peak_bytes: int
     budget_bytes: int
+    disk_bytes: int = 0
+    gradient_store: str | os.PathLike = "memory"
+    gradient_folder: Path | None = None
+    disk_alternative: Plan | None = None
 
     @property
     def fits(self) -> bool:
         return self.peak_bytes <= self.budget_bytes
 
     def summary(self) -> str:
-        """One line: the method, the representation, the peak against the budget, the flops."""
+        """One line: the method, the representation, the peak against the budget, the flops,
+        and the bytes of G on disk when it is there."""
         flops = float(self.layers["flops"].sum())
+        disk = f", G on disk: {_gb(self.disk_bytes)} in {self.gradient_folder}"
         return (
             f"plan: {self.method} with {self.representation} curvature, m={self.num_samples}, "
             f"{len(self.layers)} layers, d={int(self.layers['numel'].sum()):,}: peak "
             f"≈ {_gb(self.peak_bytes)} of max_memory_gb={_gb(self.budget_bytes, unit=False)}, "
-            f"≈ {flops:.2g} flops"
+            f"≈ {flops:.2g} flops{disk if self.disk_bytes else ''}"
         )
 
     def check(self) -> Plan:
-        """Refuse a plan over the budget, naming ``max_memory_gb``, the estimate and what fits."""
+        """Refuse a plan over the budget, naming ``max_memory_gb``, the estimate and what fits;
+        and a gradient store on disk that its folder has no room for."""
         if not self.fits:
             raise MemoryError(
                 f"{self.summary()} — over the budget; {self.suggestions()} (or raise "
                 "max_memory_gb if the machine has the memory)"
             )
+        if self.disk_bytes:
+            check_free_space(self.gradient_folder, self.disk_bytes)
         return self
 
     def suggestions(self) -> str:
-        """Settings that would fit: fewer samples, fewer or smaller blocks, low-rank blocks."""
+        """Settings that would fit: fewer samples, fewer or smaller blocks, low-rank blocks,
+        the gradient store on disk."""
         out = []
         held = int(self.layers["gradient_bytes"].sum())
         curvature = int(self.layers["curvature_bytes"].sum())
         room = self.budget_bytes - self.fixed_bytes - curvature
         if held and room > 0:
             out.append(f"num_samples ≤ {int(room // (held / self.num_samples))}")
-        if self.representation == "dense":
+        if self.disk_alternative is not None:
+            alt = self.disk_alternative
+            low_rank = "" if self.representation == "lowrank" else "representation='lowrank', "
+            out.append(
+                f"{low_rank}gradient_store={alt.gradient_store!r} (peak ≈ {_gb(alt.peak_bytes)}, "
+                f"with G's {_gb(alt.disk_bytes)} on disk in {alt.gradient_folder})"
+            )
+        elif self.representation == "dense":
             out.append("representation='lowrank' or a smaller block_size")
         if self.representation == "lowrank" and curvature > 0.1 * self.budget_bytes:
             out.append("block_size='layer' (fewer low-rank blocks hold fewer m × m factors)")
@@ -200,58 +291,116 @@ def plan_curvature(
     hold_gradients: bool = False,
     activation_bytes: int = 0,
     batch_size: int = 1,
+    gradient_store="auto",
 ) -> Plan:
     """The plan of one curvature on ``layout``: per-layer bytes and flops, and the peak of a
     run that holds it (``model_bytes`` of parameters, copied ``MODEL_COPIES`` times; one chunk
     of per-example gradients of ``itemsize``-byte entries; the float64 d-vectors).
-    ``hold_gradients``: G is held whatever the representation (a sweep shares it).
+    ``hold_gradients``: G is held in memory whatever the representation (a sweep shares it).
     ``activation_bytes`` (of one example, see :func:`activation_bytes_of`) counts what the
-    per-example gradients of one chunk keep alive (``ACTIVATION_COPIES`` per example)."""
-    m = num_samples
-    layers = pd.DataFrame(_layer_rows(layout, representation, m, itemsize, hold_gradients))
+    per-example gradients of one chunk keep alive (``ACTIVATION_COPIES`` per example).
+    ``gradient_store`` (``"auto"``, ``"memory"``, ``"disk"`` or a folder) places the G of
+    low-rank blocks (:func:`gradients_on_disk`)."""
+    options = {
+        "itemsize": itemsize,
+        "model_bytes": model_bytes,
+        "budget_bytes": int(budget_gb * 2**30),
+        "method": method or representation,
+        "hold": hold_gradients,
+        "activation_bytes": activation_bytes,
+        "batch_size": batch_size,
+    }
+    result = _plan(layout, representation, num_samples, gradient_store, **options)
+    if not result.fits and num_samples and not hold_gradients and representation in (
+        "dense", "woodbury", "lowrank"
+    ):  # fmt: skip
+        store = gradient_store if wants_disk(gradient_store) else "disk"
+        alt = _plan(layout, "lowrank", num_samples, store, **options)
+        if alt.fits and alt.disk_bytes <= free_disk_bytes(alt.gradient_folder):
+            result.disk_alternative = alt
+    LOG.info(result.summary())
+    return result
+
+
+def _plan(layout, representation, m, gradient_store, *, budget_bytes, hold, **options) -> Plan:
+    itemsize = options["itemsize"]
+    base = _base_bytes(layout, m, **options)
+    on_disk = (
+        representation == "lowrank"
+        and not hold
+        and gradients_on_disk(gradient_store, layout, m, itemsize, budget_bytes, base)
+    )
+    rows = _layer_rows(layout, representation, m, itemsize, hold, on_disk, budget_bytes)
+    layers = pd.DataFrame(rows)
+    fixed = base + buffer_bytes(representation, layout, m)
+    fixed += window_bytes(m, layout.dim, itemsize) if on_disk else 0
+    peak = fixed + int(layers["gradient_bytes"].sum() + layers["curvature_bytes"].sum())
+    store = (gradient_store if wants_disk(gradient_store) else "disk") if on_disk else "memory"
+    return Plan(
+        layers,
+        options["method"],
+        representation,
+        m,
+        fixed,
+        peak,
+        budget_bytes,
+        disk_bytes=int(layers["disk_bytes"].sum()),
+        gradient_store=store,
+        gradient_folder=store_folder(store) if on_disk else None,
+    )
+
+
+def _base_bytes(layout, m, *, itemsize, model_bytes, activation_bytes, batch_size, **_) -> int:
+    """What every run holds besides its curvature: the model's copies, one chunk of
+    per-example gradients with the activations behind it, the float64 d-vectors."""
     chunk = 0
     if m:
         per_chunk = max(1, min(256, DEFAULT_CHUNK_BYTES // (layout.dim * itemsize)))
         examples = min(per_chunk, m) * batch_size
         chunk = 2 * min(per_chunk, m) * layout.dim * itemsize
         chunk += ACTIVATION_COPIES * examples * activation_bytes
-    fixed = MODEL_COPIES * model_bytes + chunk + VECTORS * FLOAT64 * layout.dim
-    fixed += buffer_bytes(representation, layout, m)
-    peak = fixed + int(layers["gradient_bytes"].sum() + layers["curvature_bytes"].sum())
-    result = Plan(
-        layers, method or representation, representation, m, fixed, peak, int(budget_gb * 2**30)
-    )
-    LOG.info(result.summary())
-    return result
+    return MODEL_COPIES * model_bytes + chunk + VECTORS * FLOAT64 * layout.dim
 
 
-def _layer_rows(
-    layout: ParameterLayout, representation: str, m: int, itemsize: int, hold: bool = False
-) -> list:
+def _layer_rows(layout, representation, m, itemsize, hold, on_disk, budget_bytes) -> list:
+    """One row per parameter; low-rank blocks keep the factors of the first
+    :func:`kept_factor_blocks` blocks and recompute the others."""
     held = hold or holds_gradients(representation)
+    kept = kept_factor_blocks(layout, m, budget_bytes) if representation == "lowrank" else 0
+    where = "gradient store on disk" if on_disk else "in memory"
     rows = []
     for i, p in enumerate(layout.parameters):
         sizes = block_sizes(layout, i)
-        if representation == "kfac":
-            out = p.shape[0]
-            inner = p.numel // out
-            curvature = 4 * FLOAT64 * (inner * inner + out * out)
-            flops = 2.0 * m * (inner * inner + out * out) + 9.0 * (inner**3 + out**3)
-        else:
-            curvature, flops = curvature_cost(representation, sizes, p.numel, m)
-        rows.append(
-            {
-                "parameter": p.name,
-                "numel": p.numel,
-                "blocks": len(sizes),
-                "largest_block": max(sizes, default=0),
-                "gradient_bytes": gradient_bytes(m, p.numel, itemsize) if held else 0,
-                "curvature_bytes": curvature,
-                "flops": flops,
-                "strategy": "in memory" if held else "streamed by example chunk",
-            }
-        )
+        curvature, flops = _layer_cost(representation, p, sizes, m)
+        gradients = gradient_bytes(m, p.numel, itemsize) if held else 0
+        row = {
+            "parameter": p.name,
+            "numel": p.numel,
+            "blocks": len(sizes),
+            "largest_block": max(sizes, default=0),
+            "gradient_bytes": 0 if on_disk else gradients,
+            "disk_bytes": gradients if on_disk else 0,
+            "curvature_bytes": curvature,
+            "flops": flops,
+            "strategy": where if held else "streamed by example chunk",
+        }
+        if representation == "lowrank":
+            keep = min(len(sizes), kept)
+            kept -= keep
+            row["curvature_bytes"] = FLOAT64 * m * m * keep
+            if keep < len(sizes):
+                row["strategy"] += f", {len(sizes) - keep} factors recomputed"
+        rows.append(row)
     return rows
+
+
+def _layer_cost(representation: str, p, sizes: list[int], m: int) -> tuple[int, float]:
+    if representation != "kfac":
+        return curvature_cost(representation, sizes, p.numel, m)
+    out = p.shape[0]
+    inner = p.numel // out
+    curvature = 4 * FLOAT64 * (inner * inner + out * out)
+    return curvature, 2.0 * m * (inner * inner + out * out) + 9.0 * (inner**3 + out**3)
 
 
 def _gb(n: int, unit: bool = True) -> str:

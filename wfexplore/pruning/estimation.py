@@ -194,11 +194,13 @@ def method_curvature(
     process_group=None,
     distributed: bool = True,
     planned: bool = False,
+    gradient_store="auto",
 ) -> DampedCurvature:
     """C = M + λI of ``settings.method`` for ``model`` on ``examples``.
 
     ``keep`` (bool, length d) zeroes the gradient columns of pruned weights (not for K-FAC).
-    ``layout`` must have the blocks of ``settings.curvature_block_size``.
+    ``layout`` must have the blocks of ``settings.curvature_block_size``. ``gradient_store``
+    places the G of low-rank blocks (see :func:`~wfexplore.curvature.estimate_curvature`).
     """
     curvature = estimate_curvature(
         model,
@@ -217,6 +219,7 @@ def method_curvature(
         process_group=process_group,
         distributed=distributed,
         planned=planned,
+        gradient_store=gradient_store,
     )
     return curvature.damped(settings.curvature_damping, relative=settings.relative_damping)
 

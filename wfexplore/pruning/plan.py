@@ -1,12 +1,13 @@
 """A plan before the work: what pruning a model will hold in memory and compute, per layer.
 
 :func:`plan` estimates, for each analysed parameter, the bytes of its gradient samples
-(held, or streamed one chunk at a time), of its curvature in the representation the method
-uses, and the floating-point operations (see :mod:`wfexplore.curvature.plan` for the cost
-model), and adds what every run holds besides: the model's private copies, one chunk of
-per-example gradients and the d-long float64 vectors of saliencies and updates. The peak is
-compared with the memory budget before anything large is allocated; a plan that does not
-fit is refused with settings that would (:meth:`~wfexplore.curvature.plan.Plan.check`).
+(held in memory or in a file on disk, or streamed one chunk at a time), of its curvature in
+the representation the method uses, and the floating-point operations (see
+:mod:`wfexplore.curvature.plan` for the cost model), and adds what every run holds besides:
+the model's private copies, one chunk of per-example gradients and the d-long float64
+vectors of saliencies and updates. The peak is compared with the memory budget before
+anything large is allocated; a plan that does not fit is refused with settings that would
+(:meth:`~wfexplore.curvature.plan.Plan.check`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def plan(
     max_memory_gb: float | None = None,
     hold_gradients: bool = False,
     example=None,
+    gradient_store="auto",
 ) -> Plan:
     """The plan of pruning ``model`` with ``settings`` (a method name or PruningSettings).
 
@@ -43,7 +45,9 @@ def plan(
     (:func:`~wfexplore.curvature.plan.default_budget_gb`); ``layout`` (default: the
     settings' layout of ``names``/``pattern``) fixes the analysed weights and blocks.
     ``example`` (an input batch, or a loader whose first batch is used) sizes the
-    activations of the per-example backward passes.
+    activations of the per-example backward passes. ``gradient_store`` (``"auto"``,
+    ``"memory"``, ``"disk"`` or a folder) places the gradients that low-rank blocks hold: the
+    plan's ``strategy`` column and ``disk_bytes`` say where they go.
     """
     if isinstance(settings, str):
         settings = PruningSettings(settings)
@@ -65,6 +69,7 @@ def plan(
         hold_gradients=hold_gradients and settings.method in ("obd", "woodfisher"),
         activation_bytes=_activations(model, example) if m else 0,
         batch_size=settings.batch_size,
+        gradient_store=gradient_store,
     )
 
 

@@ -9,6 +9,7 @@ before every step; k = 1 is one-shot pruning. The caller's model is never change
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -27,6 +28,7 @@ from wfexplore.curvature.base import (
     as_damped,
     check_same_layout,
 )
+from wfexplore.curvature.gradient_files import check_gradient_store, local_store
 from wfexplore.curvature.plan import Plan, default_budget_gb
 from wfexplore.distributed import Ranks
 from wfexplore.gradients import LossFn
@@ -93,18 +95,25 @@ class RunOptions:
     ``names`` / ``pattern`` select the analysed parameters (default: every Conv/Linear
     weight); ``loss_fn`` is the training loss (batch mean); ``max_memory_gb`` is the memory
     budget the plan is checked against before any gradient (default: a safe share of the
-    free memory of the model's device); ``per_layer_actual`` measures each layer's own loss change;
+    free memory of the model's device); ``gradient_store`` is where low-rank blocks hold
+    the m × d gradient samples: ``"auto"`` (in memory, or in a file on disk when the plan
+    with them in memory is over ``max_memory_gb`` and with them on disk is not),
+    ``"memory"``, ``"disk"`` (a file under ``cache_dir()/gradients``) or a folder path; the
+    file is removed with the curvature (a sweep, which shares gradients between settings,
+    holds them in memory); ``per_layer_actual`` measures each layer's own loss change;
     ``recalibrate_bn`` re-estimates BatchNorm statistics on ``data`` after pruning (over
     ``bn_batches`` batches, default all). Under ``torch.distributed`` the work runs over the
     initialised process group (or ``process_group``; ``distributed=False`` opts out): each
     rank passes its own data shard and ends with the same masks and weights
-    (:mod:`wfexplore.distributed`).
+    (:mod:`wfexplore.distributed`); gradients are then held in memory (the disk store is
+    refused).
     """
 
     names: Sequence[str] | None = None
     pattern: str | None = None
     loss_fn: LossFn = F.cross_entropy
     max_memory_gb: float | None = None
+    gradient_store: str | os.PathLike = "auto"
     per_layer_actual: bool = True
     recalibrate_bn: bool = False
     bn_batches: int | None = None
@@ -117,6 +126,7 @@ class RunOptions:
             object.__setattr__(self, "names", (self.names,))
         if self.max_memory_gb is not None:
             positive_float(self.max_memory_gb, "max_memory_gb", "e.g. max_memory_gb=4")
+        check_gradient_store(self.gradient_store)
         if self.bn_batches is not None:
             positive_int(self.bn_batches, "bn_batches", "or None for the whole loader")
 
@@ -158,12 +168,19 @@ class RunOptions:
             process_group=self.process_group,
             distributed=self.distributed,
             planned=True,
+            gradient_store=self.gradient_store,
         )
 
     def plan(self, model: nn.Module, settings: PruningSettings, **kwargs) -> Plan:
-        """The checked plan of ``settings`` on ``model`` (refused when over the budget)."""
-        layout = self.layout(model, settings)
-        return plan(model, settings, layout=layout, max_memory_gb=self.max_memory_gb, **kwargs)
+        """The plan of ``settings`` on ``model`` with these options (callers check it)."""
+        return plan(
+            model,
+            settings,
+            layout=self.layout(model, settings),
+            max_memory_gb=self.max_memory_gb,
+            gradient_store=local_store(self.gradient_store, self.ranks() is not None),
+            **kwargs,
+        )
 
 
 @dataclass
