@@ -1,5 +1,8 @@
 """prune_model end to end on tiny float64 models: copies, masks, torch prune, steps, BN, errors."""
 
+import copy
+
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -18,6 +21,7 @@ from wfexplore.pruning import (
     recalibrate_batchnorm,
 )
 from wfexplore.pruning.estimation import take_examples
+from wfexplore.training import evaluate
 
 WF = PruningSettings("woodfisher", damping=1e-3, num_samples=16, block_size=8)
 
@@ -265,3 +269,31 @@ def test_pruning_runs_on_the_gpu(bn_cnn):
             result = prune_model(model, settings, 0.5, data=loader, update=update, progress=False)
             assert next(result.model.parameters()).is_cuda
             assert result.masks["0.weight"].is_cuda
+
+
+def test_per_layer_losses_are_measured_for_small_models_and_counted_in_the_plan(
+    mlp, mlp_loader, monkeypatch
+):
+    from wfexplore.pruning import prune as prune_module
+
+    result = prune_model(mlp, "magnitude", 0.5, data=mlp_loader, progress=False)
+    assert result.plan.evaluations == 2 + 2  # dense, pruned, and one per layer
+    assert "4 evaluation passes" in result.plan.summary()
+    # each layer's own loss change, measured by hand: only that layer's pruned weights
+    for row in result.layers.itertuples():
+        probe = copy.deepcopy(mlp)
+        dict(probe.named_parameters())[row.parameter].data.copy_(
+            dict(result.model.named_parameters())[row.parameter].data
+        )
+        expected = evaluate(probe, mlp_loader)["loss"] - evaluate(mlp, mlp_loader)["loss"]
+        assert row.actual_delta_loss == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    monkeypatch.setattr(prune_module, "PER_LAYER_AUTO_LIMIT", 1)  # a "large" model
+    large = prune_model(mlp, "magnitude", 0.5, data=mlp_loader, progress=False)
+    assert large.plan.evaluations == 2 and large.layers["actual_delta_loss"].isna().all()
+    asked = prune_model(
+        mlp, "magnitude", 0.5, data=mlp_loader, per_layer_actual=True, progress=False
+    )
+    assert asked.plan.evaluations == 4
+    np.testing.assert_allclose(
+        asked.layers["actual_delta_loss"], result.layers["actual_delta_loss"]
+    )

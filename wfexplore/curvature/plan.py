@@ -211,6 +211,8 @@ class Plan:
     ``gradient_store`` says where G is held: ``"memory"``, or the disk store (``"disk"`` or a
     folder) writing ``disk_bytes`` into ``gradient_folder``. ``disk_alternative``, for a plan
     over the budget, is the plan of low-rank blocks with G on disk when that one would fit.
+    ``evaluations`` counts the passes over the evaluation data the run makes after the
+    curvature (the dense and the pruned model, one per layer for per-layer losses).
     """
 
     layers: pd.DataFrame
@@ -224,6 +226,7 @@ class Plan:
     gradient_store: str | os.PathLike = "memory"
     gradient_folder: Path | None = None
     disk_alternative: Plan | None = None
+    evaluations: int = 0
 
     @property
     def fits(self) -> bool:
@@ -231,14 +234,16 @@ class Plan:
 
     def summary(self) -> str:
         """One line: the method, the representation, the peak against the budget, the flops,
-        and the bytes of G on disk when it is there."""
+        the bytes of G on disk when it is there, and the evaluation passes."""
         flops = float(self.layers["flops"].sum())
         disk = f", G on disk: {_gb(self.disk_bytes)} in {self.gradient_folder}"
+        passes = f", {self.evaluations} evaluation passes"
         return (
             f"plan: {self.method} with {self.representation} curvature, m={self.num_samples}, "
             f"{len(self.layers)} layers, d={int(self.layers['numel'].sum()):,}: peak "
             f"≈ {_gb(self.peak_bytes)} of max_memory_gb={_gb(self.budget_bytes, unit=False)}, "
             f"≈ {flops:.2g} flops{disk if self.disk_bytes else ''}"
+            f"{passes if self.evaluations else ''}"
         )
 
     def check(self) -> Plan:
@@ -292,6 +297,7 @@ def plan_curvature(
     activation_bytes: int = 0,
     batch_size: int = 1,
     gradient_store="auto",
+    evaluations: int = 0,
 ) -> Plan:
     """The plan of one curvature on ``layout``: per-layer bytes and flops, and the peak of a
     run that holds it (``model_bytes`` of parameters, copied ``MODEL_COPIES`` times; one chunk
@@ -300,7 +306,8 @@ def plan_curvature(
     ``activation_bytes`` (of one example, see :func:`activation_bytes_of`) counts what the
     per-example gradients of one chunk keep alive (``ACTIVATION_COPIES`` per example).
     ``gradient_store`` (``"auto"``, ``"memory"``, ``"disk"`` or a folder) places the G of
-    low-rank blocks (:func:`gradients_on_disk`)."""
+    low-rank blocks (:func:`gradients_on_disk`); ``evaluations`` passes over the evaluation
+    data follow."""
     options = {
         "itemsize": itemsize,
         "model_bytes": model_bytes,
@@ -318,6 +325,7 @@ def plan_curvature(
         alt = _plan(layout, "lowrank", num_samples, store, **options)
         if alt.fits and alt.disk_bytes <= free_disk_bytes(alt.gradient_folder):
             result.disk_alternative = alt
+    result.evaluations = evaluations
     LOG.info(result.summary())
     return result
 

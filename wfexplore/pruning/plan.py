@@ -38,6 +38,7 @@ def plan(
     hold_gradients: bool = False,
     example=None,
     gradient_store="auto",
+    evaluations: int = 0,
 ) -> Plan:
     """The plan of pruning ``model`` with ``settings`` (a method name or PruningSettings).
 
@@ -47,7 +48,8 @@ def plan(
     ``example`` (an input batch, or a loader whose first batch is used) sizes the
     activations of the per-example backward passes. ``gradient_store`` (``"auto"``,
     ``"memory"``, ``"disk"`` or a folder) places the gradients that low-rank blocks hold: the
-    plan's ``strategy`` column and ``disk_bytes`` say where they go.
+    plan's ``strategy`` column and ``disk_bytes`` say where they go. ``evaluations``: the
+    passes over the evaluation data that follow (shown in the summary).
     """
     if isinstance(settings, str):
         settings = PruningSettings(settings)
@@ -70,6 +72,7 @@ def plan(
         activation_bytes=_activations(model, example) if m else 0,
         batch_size=settings.batch_size,
         gradient_store=gradient_store,
+        evaluations=evaluations,
     )
 
 

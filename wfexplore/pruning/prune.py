@@ -55,6 +55,9 @@ from wfexplore.pruning.plan import plan
 from wfexplore.pruning.saliency import check_model_matches, obs_saliency
 from wfexplore.pruning.updates import UPDATES, resolved_update, update_weights
 
+PER_LAYER_AUTO_LIMIT = 24
+"""Analysed layers up to which ``per_layer_actual=None`` measures each layer's loss change."""
+
 # (step, model being pruned, keep mask or None) -> (C, diag(C⁻¹) or None)
 CurvatureProvider = Callable[
     [int, nn.Module, "torch.Tensor | None"], tuple[AnyCurvature, "torch.Tensor | None"]
@@ -100,7 +103,10 @@ class RunOptions:
     with them in memory is over ``max_memory_gb`` and with them on disk is not),
     ``"memory"``, ``"disk"`` (a file under ``cache_dir()/gradients``) or a folder path; the
     file is removed with the curvature (a sweep, which shares gradients between settings,
-    holds them in memory); ``per_layer_actual`` measures each layer's own loss change;
+    holds them in memory); ``per_layer_actual`` measures each layer's own loss change (one
+    pass over the evaluation data per layer; default None: only for models of at most
+    ``PER_LAYER_AUTO_LIMIT`` analysed layers, a ResNet-50's 54 passes are asked for with
+    True);
     ``recalibrate_bn`` re-estimates BatchNorm statistics on ``data`` after pruning (over
     ``bn_batches`` batches, default all). Under ``torch.distributed`` the work runs over the
     initialised process group (or ``process_group``; ``distributed=False`` opts out): each
@@ -114,7 +120,7 @@ class RunOptions:
     loss_fn: LossFn = F.cross_entropy
     max_memory_gb: float | None = None
     gradient_store: str | os.PathLike = "auto"
-    per_layer_actual: bool = True
+    per_layer_actual: bool | None = None
     recalibrate_bn: bool = False
     bn_batches: int | None = None
     progress: bool = True
@@ -132,6 +138,19 @@ class RunOptions:
 
     def layout(self, model: nn.Module, settings: PruningSettings) -> ParameterLayout:
         return settings.layout(model, self.names, self.pattern)
+
+    def measures_layers(self, layout: ParameterLayout) -> bool:
+        """Whether each layer's own loss change is measured (``per_layer_actual``)."""
+        if self.per_layer_actual is None:
+            return len(layout.parameters) <= PER_LAYER_AUTO_LIMIT
+        return bool(self.per_layer_actual)
+
+    def evaluations(self, layout: ParameterLayout, evaluated: bool) -> int:
+        """Passes over the evaluation data after pruning: the dense and the pruned model, and
+        one per layer when each layer's own loss change is measured."""
+        if not evaluated:
+            return 0
+        return 2 + (len(layout.parameters) if self.measures_layers(layout) else 0)
 
     def ranks(self) -> Ranks | None:
         """The ranks taking part, or None for this process alone."""
@@ -281,8 +300,9 @@ def prune_model(
         )
     checked = None
     if isinstance(how, PruningSettings):
-        checked = options.plan(model, how, example=data).check()
         layout = options.layout(model, how)
+        evaluations = options.evaluations(layout, eval_data is not None or data is not None)
+        checked = options.plan(model, how, example=data, evaluations=evaluations).check()
         examples = take_examples(data, options.share(how)) if how.needs_data else None
         settings = how
 
@@ -478,7 +498,7 @@ def _evaluate(model, work, layout, eval_data, options: RunOptions, summary, laye
         accuracy=after["accuracy"],
         actual_delta_loss=after["loss"] - dense["loss"],
     )
-    if options.per_layer_actual:
+    if options.measures_layers(layout):
         layers["actual_delta_loss"] = _per_layer_actual(
             model, work, layout, eval_data, loss_fn, dense["loss"], ranks
         )
