@@ -25,10 +25,12 @@ KEPT_INVERSES = 1
 
 @dataclass
 class BlockGroup:
-    """Blocks of one size s: ``index[k]`` holds the flat indices of block ``blocks[k]``."""
+    """Blocks of one size s: ``index[k]`` holds the flat indices of block ``blocks[k]``, which
+    start at ``starts[k]`` (kept on the host, so that no device sync is needed to read them)."""
 
     blocks: list[int]
     index: torch.Tensor  # (n, s) long
+    starts: list[int]
     matrix: torch.Tensor | None = None  # (n, s, s)
 
     @property
@@ -37,7 +39,7 @@ class BlockGroup:
 
     def runs(self) -> list[tuple[int, int, int]]:
         """Maximal runs ``(k0, k1, start)``: blocks k0…k1−1 lie contiguously from ``start``."""
-        starts = self.index[:, 0].tolist()
+        starts = self.starts
         runs, k0 = [], 0
         for k in range(1, len(starts) + 1):
             if k == len(starts) or starts[k] != starts[k - 1] + self.size:
@@ -53,9 +55,10 @@ def group_blocks(layout: ParameterLayout, device: torch.device | str = "cpu") ->
         by_size.setdefault(b.size, []).append(b.index)
     groups = []
     for size, blocks in by_size.items():
-        starts = torch.tensor([layout.blocks[i].start for i in blocks], device=device)
-        index = starts[:, None] + torch.arange(size, device=device)[None, :]
-        groups.append(BlockGroup(blocks, index))
+        starts = [layout.blocks[i].start for i in blocks]
+        first = torch.tensor(starts, device=device)
+        index = first[:, None] + torch.arange(size, device=device)[None, :]
+        groups.append(BlockGroup(blocks, index, starts))
     return groups
 
 

@@ -107,10 +107,12 @@ def group_update(
         if grp.size <= BATCHED_GROUP_LIMIT:
             _batched_group_update(curvature, grp, w, pruned, delta, max_memory_gb)
             done.update(grp.blocks)
-    for b in layout.blocks:
+    rest = [b for b in layout.blocks if b.index not in done]
+    host = pruned.cpu() if rest else pruned  # counted on the host: no device sync per block
+    for b in rest:
         q_mask = pruned[b.start : b.stop]
-        k = int(q_mask.sum())
-        if b.index in done or k == 0:
+        k = int(host[b.start : b.stop].sum())
+        if k == 0:
             continue
         w_b = w[b.start : b.stop]
         if k == b.size:
