@@ -103,7 +103,7 @@ def iter_gradient_chunks(
     positive_int(chunk_size, "chunk_size", "e.g. chunk_size=64")
 
     compute = _GradientComputer(work, layout, loss_fn)
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)  # labels are drawn on the host
     bar = tqdm(total=num_samples, desc="gradient samples", unit="g", disable=not progress)
     try:
         for x, y in iter_example_chunks(data, num_samples, batch_size, chunk_size):
@@ -201,26 +201,27 @@ def sample_labels(
     Mean squared error: y = f(x) + σ ε, ε ~ N(0, I), with σ² = K/2 for K outputs per
     example, the Gaussian whose negative log-likelihood is ``loss_fn`` up to a constant
     (ℓ = (1/K)‖f − y‖²); then E_y[∇ℓ ∇ℓᵀ] = (2/K) JᵀJ, the Gauss–Newton matrix of ℓ, as
-    the true Fisher of cross-entropy is. ``generator`` (on the outputs' device) seeds it.
+    the true Fisher of cross-entropy is. ``generator`` (a CPU generator) seeds it: the draws
+    are made on the host and moved to the outputs' device, so that CPU and GPU runs with one
+    seed draw the same labels.
     """
     if not isinstance(outputs, torch.Tensor) or outputs.ndim == 0:
         raise ValueError("outputs: expected a (N, ...) tensor of model outputs")
     outputs = outputs.detach()
     if true_fisher_likelihood(loss_fn) == "gaussian":
         per_example = outputs[0].numel() if outputs.shape[0] else 1
-        noise = torch.randn(
-            outputs.shape, generator=generator, device=outputs.device, dtype=torch.float64
-        )
-        return (outputs.double() + math.sqrt(per_example / 2) * noise).to(outputs.dtype)
+        noise = torch.randn(outputs.shape, generator=generator, dtype=torch.float64)
+        noisy = outputs.double() + math.sqrt(per_example / 2) * noise.to(outputs.device)
+        return noisy.to(outputs.dtype)
     if outputs.ndim < 2:
         raise ValueError(
             "outputs: cross-entropy needs (N, C, ...) class scores, got shape "
             f"{tuple(outputs.shape)}"
         )
     scores = outputs.movedim(1, -1)
-    probs = torch.softmax(scores.double().reshape(-1, scores.shape[-1]), dim=-1)
+    probs = torch.softmax(scores.double().reshape(-1, scores.shape[-1]), dim=-1).cpu()
     labels = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-    return labels.reshape(scores.shape[:-1])
+    return labels.reshape(scores.shape[:-1]).to(outputs.device)
 
 
 def _loss_name(loss_fn) -> str:

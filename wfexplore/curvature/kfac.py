@@ -309,7 +309,7 @@ def kronecker_factors(
         p.requires_grad_(True)
     sums = _FactorSums(_kfac_modules(work, layout), dtype)
     device = next(work.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)  # labels are drawn on the host
     bar = tqdm(total=num_samples, desc="K-FAC factors", unit="g", disable=not progress)
     try:
         for x, y in chunks:
