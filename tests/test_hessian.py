@@ -2,9 +2,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
+from torch.utils.data import DataLoader, Subset
 
 from tests.conftest import assert_same_state, model_state
 from wfexplore.curvature import hessian_blocks
+from wfexplore.curvature.plan import activation_bytes_of
 from wfexplore.params import ParameterLayout
 
 
@@ -80,3 +82,33 @@ def test_negative_damping_and_empty_data_are_refused(mlp, mlp_loader):
         hessian_blocks(mlp, mlp_loader, layout, progress=False).damped(-1.0)
     with pytest.raises(ValueError, match="data: the loader yielded no examples"):
         hessian_blocks(mlp, [], layout, progress=False)
+
+
+def test_slicing_examples_and_basis_vectors_to_a_memory_budget_keeps_the_blocks(
+    bn_cnn, cnn_loader, monkeypatch
+):
+    from wfexplore.curvature import hessian
+
+    first = ParameterLayout.from_model(bn_cnn).names[0]
+    layout = ParameterLayout.from_model(bn_cnn, names=[first], block_size=6)
+    loader = DataLoader(Subset(cnn_loader.dataset, range(9)), batch_size=5)
+    x = next(iter(loader))[0][:1]
+    per_example = hessian.ACTIVATION_COPIES * activation_bytes_of(bn_cnn, x)
+    monkeypatch.setattr(hessian, "PASS_ACTIVATION_BYTES", 4 * per_example)
+    seen = []
+
+    class Recording(hessian._HessianColumns):
+        def __call__(self, basis):
+            seen.append((basis.shape[0], [x.shape[0] for x, _ in self.batches]))
+            return super().__call__(basis)
+
+    monkeypatch.setattr(hessian, "_HessianColumns", Recording)
+    sliced = hessian_blocks(bn_cnn, loader, layout, basis_chunk=2, progress=False)
+    # passes of 2 basis vectors over slices of 2 examples: 5 + 4 examples → 2, 2, 1, 2, 2
+    assert {k for k, _ in seen} <= {1, 2} and seen[0] == (2, [2, 2, 1, 2, 2])
+    expected = autograd_hessian(bn_cnn, loader, layout)
+    for b in layout.blocks:
+        torch.testing.assert_close(
+            sliced.block(b.index), expected[b.start : b.stop, b.start : b.stop],
+            rtol=1e-9, atol=1e-12,
+        )  # fmt: skip

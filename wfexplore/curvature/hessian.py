@@ -34,11 +34,15 @@ from wfexplore.curvature.dense import (
     check_dense_memory,
     group_blocks,
 )
+from wfexplore.curvature.plan import ACTIVATION_COPIES, activation_bytes_of
 from wfexplore.examples import take_examples
 from wfexplore.gradients import LossFn
 from wfexplore.params import ParameterLayout
 
 DEFAULT_MAX_BLOCK_SIZE = 4096
+PASS_ACTIVATION_BYTES = 2**30
+"""Activations one vmapped Hessian-vector pass may keep alive: a pass over k basis vectors
+and n examples keeps about k·n·ACTIVATION_COPIES examples' worth."""
 
 
 def hessian_blocks(
@@ -59,6 +63,8 @@ def hessian_blocks(
 
     ``num_examples`` limits the data used (default: all of it). Blocks larger than
     ``max_block_size`` are refused with their estimated memory; raise the limit to allow them.
+    The data's batches are cut into slices of examples, and ``basis_chunk`` lowered, so that
+    one vmapped pass keeps at most :data:`PASS_ACTIVATION_BYTES` of activations.
     """
     largest = max(layout.blocks, key=lambda b: b.size)
     if largest.size > max_block_size:
@@ -88,6 +94,12 @@ def hessian_blocks(
     batches = [
         (x.to(device=device, dtype=dtype if x.is_floating_point() else x.dtype), y.to(device))
         for x, y in take_examples(data, num_examples)
+    ]
+    per_example = ACTIVATION_COPIES * activation_bytes_of(work, batches[0][0]) if batches else 0
+    basis_chunk = max(1, min(basis_chunk, PASS_ACTIVATION_BYTES // max(per_example, 1)))
+    step = max(1, PASS_ACTIVATION_BYTES // max(basis_chunk * per_example, 1))
+    batches = [
+        (x[a : a + step], y[a : a + step]) for x, y in batches for a in range(0, len(x), step)
     ]
     columns = _HessianColumns(loss_of, w0, batches)
     groups = group_blocks(layout, device)
