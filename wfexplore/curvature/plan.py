@@ -14,7 +14,7 @@ woodbury     dense + G                            dense + 2 m Σ s² per λ (the
 lowrank      G + 8 m² per block (factors)         (15/8) m² d_ℓ (Gram, L⁻¹G) + m³ per block
              + two m × c column buffers
 kfac         4 · 8 (in² + out²) + unfolded        2 m T (in² + out²) + 9 (in³ + out³)
-             inputs of one chunk, 8 c T in
+             patches of one slice (≤ 256 MB)
 ===========  ===================================  =========================================
 
 G is the m × d matrix of gradient samples in the model's dtype (held by woodbury and
