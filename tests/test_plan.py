@@ -67,6 +67,19 @@ def test_auto_takes_what_fits_when_the_cheaper_does_not():
     assert auto_representation(layout, 6144, budget_bytes=1.9 * 2**30) == "lowrank"
 
 
+def test_auto_counts_low_rank_as_it_runs_with_factors_recomputed():
+    """Many blocks of 128 at m = 256 (MobileNetV2's shape): dense blocks need 4 · 8 · 128² per
+    block, over the budget; all low-rank factors (8 · 256² per block) would be too, but only
+    half the budget of them is kept and the rest recomputed, so low-rank fits and is taken."""
+    layout = flat_layout(128 * 4000, 128)
+    dense_bytes = 4 * 8 * 128 * 128 * 4000  # 2.0 GiB
+    all_factors = 8 * 256 * 256 * 4000  # 1.95 GiB
+    budget = 1.5 * 2**30
+    assert dense_bytes > budget and all_factors > budget
+    assert auto_representation(layout, 256, budget_bytes=budget) == "lowrank"
+    assert auto_representation(layout, 256, budget_bytes=64 * 2**30) == "dense"
+
+
 class Untouchable:
     """A loader whose first batch may be looked at (to size activations) but no more."""
 

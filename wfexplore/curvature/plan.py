@@ -168,18 +168,27 @@ def gradients_on_disk(
 
 def auto_representation(layout: ParameterLayout, num_samples: int, budget_bytes: float) -> str:
     """Dense or low-rank blocks, whichever needs fewer flops among those within the budget
-    (dense blocks when nothing is known of m)."""
-    costs = {}
-    for representation in AUTO_CHOICES:
-        total_bytes, total_flops = 0, 0.0
-        for i, p in enumerate(layout.parameters):
-            b, f = curvature_cost(representation, block_sizes(layout, i), p.numel, num_samples)
-            total_bytes += b
-            total_flops += f
-        if holds_gradients(representation):
-            total_bytes += gradient_bytes(num_samples, layout.dim, 4)
-        total_bytes += buffer_bytes(representation, layout, num_samples)
-        costs[representation] = (total_bytes <= budget_bytes, total_flops)
+    (dense blocks when nothing is known of m). Low-rank blocks are judged as they run: the
+    factors kept within ``FACTOR_SHARE`` of the budget, the others recomputed (one Gram and
+    Cholesky more each, (5/4)m²s + m³/3 flops), and G in memory when it fits, else on disk
+    (its read window held)."""
+    m = num_samples
+    dense_bytes, dense_flops = 0, 0.0
+    for i, p in enumerate(layout.parameters):
+        b, f = curvature_cost("dense", block_sizes(layout, i), p.numel, m)
+        dense_bytes, dense_flops = dense_bytes + b, dense_flops + f
+    lowrank_flops = sum(
+        curvature_cost("lowrank", block_sizes(layout, i), p.numel, m)[1]
+        for i, p in enumerate(layout.parameters)
+    )
+    kept = kept_factor_blocks(layout, m, budget_bytes)
+    lowrank_flops += sum(1.25 * m * m * b.size + m**3 / 3 for b in layout.blocks[kept:])
+    in_memory = lowrank_bytes(layout, m, 4, budget_bytes, on_disk=False)
+    on_disk = lowrank_bytes(layout, m, 4, budget_bytes, on_disk=True)
+    costs = {
+        "dense": (dense_bytes <= budget_bytes, dense_flops),
+        "lowrank": (min(in_memory, on_disk) <= budget_bytes, lowrank_flops),
+    }
     fitting = [r for r in AUTO_CHOICES if costs[r][0]] or list(AUTO_CHOICES)
     return min(fitting, key=lambda r: costs[r][1])
 
