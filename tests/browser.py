@@ -905,6 +905,13 @@ def toggle_button(group: Locator, label: str) -> Locator:
     return group.locator("button").filter(has_text=re.compile(rf"^\s*{re.escape(label)}\s*$"))
 
 
+def run_logged(page: Page, server: ServerProcess, name: str, log: LatencyLog) -> None:
+    """Open notebook ``name`` and run all its cells, logging the time it took (context)."""
+    start = time.perf_counter()
+    run_all_cells(page, open_notebook(page, server, name), server)
+    log.record(f"{name}: open, Run All Cells (context)", time.perf_counter() - start, None)
+
+
 def comparer_scenario(
     page: Page, server: ServerProcess, log: LatencyLog, shots: Path | None = None
 ) -> dict:
@@ -914,10 +921,7 @@ def comparer_scenario(
     then another number of steps (a new sweep).
 
     Returns what was drawn at each stage (``figure_data`` lists) for the caller to check."""
-    start = time.perf_counter()
-    notebook = open_notebook(page, server, COMPARER_NOTEBOOK)
-    run_all_cells(page, notebook, server)
-    log.record("notebook 4: open, Run All Cells (context)", time.perf_counter() - start, None)
+    run_logged(page, server, COMPARER_NOTEBOOK, log)
     dashboard = page.locator(".wfx-comparer").first
     accuracy = dashboard.locator(".wfx-comparer-accuracy")
     layers = dashboard.locator(".wfx-comparer-layers")
@@ -1002,10 +1006,7 @@ def sensitivity_scenario(
 ) -> dict:
     """Notebook 3's sensitivity explorer: run the notebook, pick another layer, switch the log
     axes, then pick "all layers"."""
-    start = time.perf_counter()
-    notebook = open_notebook(page, server, SENSITIVITY_NOTEBOOK)
-    run_all_cells(page, notebook, server)
-    log.record("notebook 3: open, Run All Cells (context)", time.perf_counter() - start, None)
+    run_logged(page, server, SENSITIVITY_NOTEBOOK, log)
     dashboard = page.locator(".wfx-sensitivity").first
     saliency = dashboard.locator(".wfx-sensitivity-saliency")
     scatter = dashboard.locator(".wfx-sensitivity-scatter")
@@ -1054,10 +1055,7 @@ def fisher_scenario(
     page: Page, server: ServerProcess, log: LatencyLog, shots: Path | None = None
 ) -> dict:
     """Notebook 2's Fisher explorer: run the notebook, move the damping λ slider one step."""
-    start = time.perf_counter()
-    notebook = open_notebook(page, server, FISHER_NOTEBOOK)
-    run_all_cells(page, notebook, server)
-    log.record("notebook 2: open, Run All Cells (context)", time.perf_counter() - start, None)
+    run_logged(page, server, FISHER_NOTEBOOK, log)
     dashboard = page.locator(".wfx-fisher").first
     heatmap = dashboard.locator(".wfx-fisher-heatmap")
     seen: dict = {"heatmap_start": wait_for_figure(heatmap)}

@@ -114,3 +114,23 @@ def assert_same_state(before: tuple, after: tuple) -> None:
     assert before[0].keys() == after[0].keys()
     for k in before[0]:
         assert torch.equal(before[0][k], after[0][k]), k
+
+
+# --- servers for the browser tests (module scope: one per test module) -------------------------
+@pytest.fixture(scope="module")
+def kernel_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Small settings and a private model cache for every kernel the servers start."""
+    cache = tmp_path_factory.mktemp("wfexplore-cache")
+    return {"WFEXPLORE_SMALL": "1", "WFEXPLORE_CACHE_DIR": str(cache)}
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory, kernel_env):
+    """JupyterLab on a working copy of the shipped notebooks, as ``wfexplore lab`` makes it."""
+    from tests.browser import lab_server
+    from wfexplore.servers import copy_notebooks
+
+    work = tmp_path_factory.mktemp("lab")
+    copy_notebooks(work / "notebooks")
+    with lab_server(work / "notebooks", work / "server", kernel_env) as server:
+        yield server

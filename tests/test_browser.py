@@ -15,7 +15,6 @@ from tests.browser import (
     ServerProcess,
     chromium,
     explain_failure,
-    lab_server,
     listening_addresses,
     loopback_only,
     nudge_slider,
@@ -27,28 +26,12 @@ from tests.browser import (
     wait_for_figure,
     wait_for_figure_change,
 )
-from wfexplore.servers import copy_notebooks, notebooks_dir
+from wfexplore.servers import notebooks_dir
 
 pytestmark = pytest.mark.slow
 
 TEACHER_NOTEBOOK = "01_obd_obs_first_principles.ipynb"
 FISHER_NOTEBOOK = "02_how_good_is_the_fisher.ipynb"
-
-
-@pytest.fixture(scope="module")
-def kernel_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Small settings and a private model cache for every kernel the servers start."""
-    cache = tmp_path_factory.mktemp("wfexplore-cache")
-    return {"WFEXPLORE_SMALL": "1", "WFEXPLORE_CACHE_DIR": str(cache)}
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory, kernel_env) -> Iterator[ServerProcess]:
-    """JupyterLab on a working copy of the shipped notebooks, as ``wfexplore lab`` makes it."""
-    work = tmp_path_factory.mktemp("lab")
-    copy_notebooks(work / "notebooks")
-    with lab_server(work / "notebooks", work / "server", kernel_env) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

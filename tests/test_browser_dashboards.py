@@ -76,22 +76,6 @@ TEACHER_CALLOUTS = (".wfx-teacher-note", ".wfx-teacher-warning", ".wfx-teacher-m
 
 
 @pytest.fixture(scope="module")
-def kernel_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Small settings and a private model cache for every kernel the servers start."""
-    cache = tmp_path_factory.mktemp("wfexplore-cache")
-    return {"WFEXPLORE_SMALL": "1", "WFEXPLORE_CACHE_DIR": str(cache)}
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory, kernel_env) -> Iterator[ServerProcess]:
-    """JupyterLab (light) on a working copy of the shipped notebooks."""
-    work = tmp_path_factory.mktemp("lab")
-    copy_notebooks(work / "notebooks")
-    with lab_server(work / "notebooks", work / "server", kernel_env) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def chromium_app() -> Iterator[Browser]:
     """One Chromium for the module; each use below opens its own context."""
     with chromium_browser() as app:
