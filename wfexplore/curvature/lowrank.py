@@ -10,7 +10,7 @@ Only G (m×d, kept in the gradients' dtype, in memory or in a file on disk:
 :mod:`.gradient_files`) and, for the last λ asked for, m×m Cholesky factors are held, so
 blocks can be whole layers or the whole model: O(m·d) memory, never |B|². The factors are
 kept while they total at most ``max_factor_bytes`` (8m² bytes each in float64, the first
-blocks asked for); the factor of a block beyond that is recomputed from G whenever it is
+blocks asked for, held in slabs: :class:`KeptFactors`); the factor of a block beyond that is recomputed from G whenever it is
 needed (one pass over the block's columns, ≈ (5/4)m²|B| + m³/3 flops), with the same numbers.
 Products with G_B run in ``dtype`` (float64 by default) over column chunks. The two
 O(m²d) products, G_B G_Bᵀ and L_B⁻¹ G_B, skip the blocks of rows that symmetry or
@@ -76,7 +76,10 @@ class LowRankCurvature(Curvature):
             for _ in range(2)
         ]
         self._factor_damping: float | None = None
-        self._kept: dict[int, torch.Tensor] = {}
+        m = self.num_samples
+        each = m * m * dtype.itemsize
+        room = layout.num_blocks if max_factor_bytes is None else max_factor_bytes // each
+        self._kept = KeptFactors(min(layout.num_blocks, room), (m, m), dtype, self.device)
 
     @property
     def device(self) -> torch.device:
@@ -153,8 +156,7 @@ class LowRankCurvature(Curvature):
         return cols / damping
 
     def memory_bytes(self) -> int:
-        kept = sum(f.numel() * f.element_size() for f in self._kept.values())
-        return self._source.memory_bytes() + kept
+        return self._source.memory_bytes() + self._kept.memory_bytes()
 
     def factor(self, block: int, damping: float) -> torch.Tensor:
         """The Cholesky factor L_B of K_B = mλI + G_B G_Bᵀ for block ``block``: kept for the
@@ -169,29 +171,22 @@ class LowRankCurvature(Curvature):
             gram = self._gram(b.start, b.stop)
             gram.diagonal().add_(self.num_samples * lam)
             chol = torch.linalg.cholesky(gram)
-            if self._room_for(chol):
-                self._kept[block] = chol
+            chol = self._kept.keep(block, chol)
         return chol
 
     def factors(self, damping: float) -> dict[int, torch.Tensor]:
         """Every block's factor for λ computed once; those kept (block → L_B)."""
         for b in self.layout.blocks:
             self.factor(b.index, damping)
-        return self._kept
+        return self._kept.as_dict()
 
     def close(self) -> None:
         """Drop the kept factors and release G's store (a gradient file is removed unless it
         was made with ``keep=True``)."""
-        self._kept.clear()
+        self._kept.release()
         self._source.close()
 
     # --- helpers -------------------------------------------------------------------------
-    def _room_for(self, factor: torch.Tensor) -> bool:
-        if self.max_factor_bytes is None:
-            return True
-        size = factor.numel() * factor.element_size()
-        return (len(self._kept) + 1) * size <= self.max_factor_bytes
-
     def _select(self, columns: torch.Tensor) -> torch.Tensor:
         """G[:, columns] in ``dtype`` on the device."""
         return self._source.select(columns).to(dtype=self.dtype, device=self.device)
@@ -224,6 +219,56 @@ class LowRankCurvature(Curvature):
     def _column_chunks(self, start: int, stop: int):
         for a in range(start, stop, self._columns):
             yield a, min(a + self._columns, stop)
+
+
+SLAB_BYTES = 256 * 2**20
+
+
+class KeptFactors:
+    """Up to ``capacity`` equal-shaped factors, copied into slabs of at most ``SLAB_BYTES``
+    allocated as they fill (the last one sized to what is left of the capacity).
+
+    Kept apart from the same-sized temporaries that make them, the kept factors cannot pin
+    freed heap pages between them: held one tensor each, 512 KB factors grow the resident
+    memory by about twice what they hold.
+    """
+
+    def __init__(self, capacity: int, shape: tuple[int, int], dtype, device):
+        self.capacity, self.shape, self.dtype, self.device = capacity, shape, dtype, device
+        self.per_slab = max(1, SLAB_BYTES // max(1, shape[0] * shape[1] * dtype.itemsize))
+        self._slabs: list[torch.Tensor] = []
+        self._where: dict[int, torch.Tensor] = {}
+
+    def get(self, block: int) -> torch.Tensor | None:
+        return self._where.get(block)
+
+    def keep(self, block: int, factor: torch.Tensor) -> torch.Tensor:
+        """``factor``'s kept copy, or ``factor`` itself when the capacity is used up."""
+        slot = len(self._where)
+        if slot >= self.capacity:
+            return factor
+        slab, row = divmod(slot, self.per_slab)
+        if slab == len(self._slabs):
+            rows = min(self.per_slab, self.capacity - slot)
+            self._slabs.append(torch.empty(rows, *self.shape, dtype=self.dtype, device=self.device))
+        kept = self._slabs[slab][row]
+        kept.copy_(factor)
+        self._where[block] = kept
+        return kept
+
+    def as_dict(self) -> dict[int, torch.Tensor]:
+        return dict(self._where)
+
+    def clear(self) -> None:
+        """Forget the kept factors; their slabs are reused."""
+        self._where.clear()
+
+    def release(self) -> None:
+        self._where.clear()
+        self._slabs.clear()
+
+    def memory_bytes(self) -> int:
+        return sum(s.numel() * s.element_size() for s in self._slabs)
 
 
 class GradientStore:
