@@ -88,7 +88,9 @@ def test_a_layer_is_pruned_alone_when_first_picked_then_only_redrawn(explorer):
     for layer in ("0.weight", "3.weight"):
         for method in ("OBD", "WoodFisher"):
             assert f"{layer} · {method}" in names
-    assert set(explorer.saliency.data[0].x) == {"0.weight", "3.weight"}
+    xaxis = explorer.saliency.layout.xaxis
+    assert set(explorer.saliency.data[0].x) == set(xaxis.tickvals) == {0, 1}
+    assert list(xaxis.ticktext) == ["0.weight", "3.weight"]
     assert explorer.computations == computations
 
 

@@ -108,33 +108,36 @@ def saliency_distributions(
     :func:`saliency_frame`) or is a long frame with ``method``, ``parameter``, ``saliency``.
     On the log axis (``log=True``) saliencies ≤ 0 cannot be drawn: they are left out and
     their count is given in the trace's hover name. Each violin holds at most
-    ``max_points`` values (:func:`quantile_subsample`); quartile lines are drawn inside.
+    ``max_points`` values (:func:`quantile_subsample`). Layer ``i`` sits at x = i, named by
+    the axis ticks (numeric positions keep the figure light to build and to send).
     """
     frame = saliencies if isinstance(saliencies, pd.DataFrame) else saliency_frame(saliencies)
     _require_columns(frame, ["method", "parameter", "saliency"], "saliencies")
-    all_layers = list(dict.fromkeys(frame["parameter"]))
+    all_layers = list(pd.unique(frame["parameter"]))
     layers = all_layers if layers is None else list(layers)
     unknown = [name for name in layers if name not in all_layers]
     if unknown:
         raise ValueError(f"layers: {unknown} are not in the frame; it has {all_layers}")
-    methods = list(dict.fromkeys(frame["method"])) if methods is None else list(methods)
+    methods = list(pd.unique(frame["method"])) if methods is None else list(methods)
+    groups = frame.groupby(["method", "parameter"], sort=False)["saliency"]
     fig = go.Figure()
     for k, method in enumerate(methods):
-        part = frame[(frame["method"] == method) & frame["parameter"].isin(layers)]
         xs, ys, dropped = [], [], 0
-        for layer in layers:
-            values = part.loc[part["parameter"] == layer, "saliency"].to_numpy(dtype=float)
+        for position, layer in enumerate(layers):
+            if (method, layer) not in groups.groups:
+                continue
+            values = groups.get_group((method, layer)).to_numpy(dtype=float)
             if log:
                 dropped += int((values <= 0).sum())
                 values = values[values > 0]
             values = quantile_subsample(values, max_points)
-            xs += [str(layer)] * values.size
+            xs.append(np.full(values.size, position))
             ys.append(values)
-        y = np.concatenate(ys) if ys else np.zeros(0)
+        x, y = (np.concatenate(v) if v else np.zeros(0) for v in (xs, ys))
         note = f" ({dropped} ≤ 0 not drawn)" if dropped else ""
         fig.add_trace(
             go.Violin(
-                x=xs,
+                x=x,
                 y=y,
                 name=f"{method_label(method)}{note}",
                 legendgroup=str(method),
@@ -158,7 +161,12 @@ def saliency_distributions(
     fig.update_yaxes(
         type="log" if log else "linear", title_text="saliency ρ", exponentformat="power"
     )
-    fig.update_xaxes(title_text="layer")
+    fig.update_xaxes(
+        title_text="layer",
+        tickvals=list(range(len(layers))),
+        ticktext=[str(layer) for layer in layers],
+        range=[-0.5, len(layers) - 0.5],
+    )
     return fig
 
 
@@ -686,8 +694,9 @@ def mask_traces(
         counts = {n: int((np.asarray(categories) == c).sum()) for c, n in enumerate(CATEGORY_NAMES)}
         traces.append(
             {
-                # gaps as None, not NaN: NaN is not valid JSON for the widget messages
-                "z": np.where(np.isnan(picture), None, picture).tolist(),
+                # gaps as None, not NaN: NaN is not valid JSON for the widget messages (an
+                # object array, which plotly validates without walking it element by element)
+                "z": np.where(np.isnan(picture), None, picture),
                 "text": text,
                 "name": str(label),
                 "zmin": -0.5,
