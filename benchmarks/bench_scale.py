@@ -6,8 +6,8 @@
 On synthetic inputs of the model's shape (CIFAR 32×32 for resnet20, ImageNet 224×224 for
 resnet18/resnet50/mobilenet_v2), with the summed OBS update: it prints the plan
 (``wfexplore.plan``), then runs ``prune_model`` in a fresh subprocess that reports the wall
-seconds and the peak RSS of each phase (gradients and curvature, selection and update,
-evaluation), and ends with one line
+seconds of each phase (gradients, curvature and diag C⁻¹; selection and update; evaluation:
+the result's ``summary``) with the peak RSS sampled within it, and ends with one line
 
     scale model=<name> d=<weights> m=<M> B=<B> seconds=<s> peak_gb=<g> plan_gb=<g>
 
@@ -57,8 +57,42 @@ def data_for(name: str, examples: int, batch: int = 16):
     return DataLoader(TensorDataset(x, y), batch_size=batch)
 
 
+class RssSampler:
+    """VmRSS every ``interval`` seconds in a thread: (seconds since start, GB) samples."""
+
+    def __init__(self, interval: float = 0.2):
+        import threading
+
+        self.interval, self.samples = interval, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.samples.append((time.perf_counter() - self.start, rss_gb()))
+            self._stop.wait(self.interval)
+
+    def peak(self, start: float, stop: float) -> float:
+        inside = [gb for t, gb in self.samples if start <= t <= stop]
+        return max(inside, default=float("nan"))
+
+
+PHASES = (("gradients, curvature, diag C⁻¹", "curvature_s"), ("selection and update", "prune_s"),
+          ("evaluation", "eval_s"))  # fmt: skip
+
+
 def child(args) -> dict:
-    """Runs in a fresh interpreter: one prune_model call, phase by phase."""
+    """Runs in a fresh interpreter: one prune_model call; the wall seconds of each phase (from
+    the result's summary, in the order they run) and the peak RSS sampled within it."""
     import torch
 
     from wfexplore.pruning import PruningSettings, prune_model
@@ -69,13 +103,19 @@ def child(args) -> dict:
     settings = PruningSettings("woodfisher", damping=1e-5, num_samples=args.num_samples,
                                block_size=args.block_size)  # fmt: skip
     base = rss_gb()
-    start = time.perf_counter()
-    result = prune_model(model, settings, 0.5, data=data, update="summed", progress=False,
-                         per_layer_actual=False, max_memory_gb=args.max_memory_gb,
-                         gradient_store=args.gradient_store)  # fmt: skip
-    seconds = time.perf_counter() - start
+    with RssSampler() as sampler:
+        result = prune_model(model, settings, 0.5, data=data, update="summed", progress=False,
+                             per_layer_actual=False, max_memory_gb=args.max_memory_gb,
+                             gradient_store=args.gradient_store)  # fmt: skip
+        seconds = time.perf_counter() - sampler.start
+    phases, at = [], 0.0
+    for name, key in PHASES:
+        spent = result.summary.get(key, 0.0)
+        phases.append((name, spent, sampler.peak(at, at + spent + sampler.interval)))
+        at += spent
     return {
         "seconds": seconds,
+        "phases": phases,
         "peak_gb": rss_gb("VmHWM:"),
         "base_gb": base,
         "plan_gb": result.plan.peak_bytes / 2**30,
@@ -161,6 +201,9 @@ def main() -> None:
           f"({measured['disk_gb']:.2f} GB on disk); plan {plan_gb:.2f} GB "
           f"(ratio {plan_gb / (measured['peak_gb'] - measured['base_gb']):.2f} to the call's "
           f"own peak); load {os.getloadavg()[0]:.2f}")  # fmt: skip
+    print("\n  phase                           seconds  peak_rss_gb")
+    for name, spent, peak in measured["phases"]:
+        print(f"  {name:30s}  {spent:8.1f}  {peak:11.2f}")
     if args.grid:
         grid()
     print(f"{line} seconds={measured['seconds']:.1f} peak_gb={measured['peak_gb']:.2f} "

@@ -1,6 +1,7 @@
 """prune_model end to end on tiny float64 models: copies, masks, torch prune, steps, BN, errors."""
 
 import copy
+import time
 
 import numpy as np
 import pytest
@@ -158,6 +159,14 @@ def test_layer_table_predicted_and_actual_loss_changes(mlp, mlp_loader):
     after = evaluate_model(result.model, mlp_loader)
     assert summary["actual_delta_loss"] == pytest.approx(after["loss"] - dense)
     assert summary["accuracy"] == after["accuracy"]
+
+
+def test_the_summary_times_each_phase_within_the_call(mlp, mlp_loader):
+    start = time.perf_counter()
+    summary = prune_model(mlp, WF, 0.4, data=mlp_loader, steps=2, progress=False).summary
+    wall = time.perf_counter() - start
+    phases = [summary[k] for k in ("curvature_s", "prune_s", "eval_s")]
+    assert all(p > 0 for p in phases) and sum(phases) <= wall
 
 
 @pytest.mark.parametrize("update", ["summed", "group"])

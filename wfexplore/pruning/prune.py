@@ -10,6 +10,7 @@ before every step; k = 1 is one-shot pruning. The caller's model is never change
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -208,8 +209,9 @@ class PruningResult:
 
     ``masks`` maps each pruned parameter to its keep mask (True = kept, the convention of
     ``torch.nn.utils.prune``); ``layers`` has one row per parameter (sparsity, predicted
-    and actual loss change); ``steps`` one row per recomputation step; ``summary`` the totals;
-    ``plan`` what was estimated before the work (:func:`~wfexplore.pruning.plan.plan`).
+    and actual loss change); ``steps`` one row per recomputation step; ``summary`` the totals,
+    with the wall seconds of each phase (``curvature_s``: gradients, curvature and diag C⁻¹;
+    ``prune_s``: selection and update; ``eval_s``: evaluation); ``plan`` what was estimated before the work (:func:`~wfexplore.pruning.plan.plan`).
     """
 
     model: nn.Module
@@ -414,7 +416,9 @@ def run_pruning(
     step_rows, used_update, damping = [], None, None
     show = options.progress and steps > 1
     bar = tqdm(targets, desc="pruning steps", disable=not show, leave=False)
+    seconds = {"curvature_s": 0.0, "prune_s": 0.0}
     for t, target in enumerate(bar, start=1):
+        start = time.perf_counter()
         keep = ~pruned if bool(pruned.any()) else None
         curvature, inverse_diag = provider(t, work, keep)
         used_update = resolved_update(schedule.update, diagonal=curvature.is_diagonal)
@@ -422,6 +426,8 @@ def run_pruning(
         w = layout.flatten(work).to(torch.float64)
         if inverse_diag is None:
             inverse_diag = curvature.inverse_diag()
+        seconds["curvature_s"] += time.perf_counter() - start
+        start = time.perf_counter()
         scores = obs_saliency(w, inverse_diag)
         new_pruned = select_pruned(
             scores,
@@ -441,6 +447,7 @@ def run_pruning(
         )
         write_weights(params, layout, change.weights)
         contributions += change.contributions
+        seconds["prune_s"] += time.perf_counter() - start
         fresh = new_pruned & ~pruned
         step_rows.append(
             {
@@ -473,9 +480,12 @@ def run_pruning(
         "sum_of_saliencies": float(sum(r["sum_of_saliencies"] for r in step_rows)),
         "damping": damping,
         "recalibrated_bn": recalibrated,
+        **seconds,
     }
     if eval_data is not None:
+        start = time.perf_counter()
         _evaluate(model, work, layout, eval_data, options, summary, layers)
+        summary["eval_s"] = time.perf_counter() - start
     return PruningResult(
         model=work,
         masks=keep_masks(pruned, layout),
