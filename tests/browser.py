@@ -916,9 +916,8 @@ def comparer_scenario(
     page: Page, server: ServerProcess, log: LatencyLog, shots: Path | None = None
 ) -> dict:
     """Notebook 4's pruning comparer: run the notebook, move the sparsity slider, drop the
-    WoodFisher method and take it back, choose the group OBS update (a new sweep, unless the
-    notebook's own sweep, whose cache the comparer reads, has it: at full settings it does),
-    then another number of steps (a new sweep).
+    WoodFisher method and take it back, choose the group OBS update, then another number of steps (new
+    settings: swept under the progress bar, or already computed ahead in the background).
 
     Returns what was drawn at each stage (``figure_data`` lists) for the caller to check."""
     run_logged(page, server, COMPARER_NOTEBOOK, log)
@@ -960,10 +959,10 @@ def comparer_scenario(
     seconds = time_until_change(accuracy, group.click, timeout_s=2 * TIMEOUT_MS / 1000)
     seen["progress_seen"] = progress_shown()
     log.record(
-        "comparer: update → group OBS (new sweep) → accuracy",
+        "comparer: update → group OBS (new setting) → accuracy",
         seconds,
         GOAL_NEW_SETTING_S,
-        "progress bar shown" if seen["progress_seen"] else "no progress bar seen",
+        _how_computed(seen["progress_seen"]),
     )
     seen["accuracy_group"] = figure_data(accuracy)
     # more recomputation steps with the group update: no sweep of the notebook holds these
@@ -976,10 +975,10 @@ def comparer_scenario(
     )
     seen["progress_seen_steps"] = progress_shown()
     log.record(
-        f"comparer: steps {seen['steps_start']} → {other} (new sweep) → accuracy",
+        f"comparer: steps {seen['steps_start']} → {other} (new setting) → accuracy",
         seconds,
         GOAL_NEW_SETTING_S,
-        "progress bar shown" if seen["progress_seen_steps"] else "no progress bar seen",
+        _how_computed(seen["progress_seen_steps"]),
     )
     seen["steps_end"] = selected_label(steps)
     seen["accuracy_steps"] = figure_data(accuracy)
@@ -987,6 +986,11 @@ def comparer_scenario(
     if shots is not None:
         save_tall_screenshot(page, dashboard, shots / "lab_comparer.png")
     return seen
+
+
+def _how_computed(progress_seen: bool) -> str:
+    """A new setting is swept under a progress bar, or was computed ahead in the background."""
+    return "swept, progress bar shown" if progress_seen else "computed ahead, no sweep to show"
 
 
 _OPTION_TEXT_JS = "o => o.textContent.replace(/\\u00a0/g, ' ').trim()"  # ipywidgets: nbsp

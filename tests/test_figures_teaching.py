@@ -12,6 +12,7 @@ from wfexplore.figures.teaching import (
     quadratic_box,
     quadratic_figure,
     quadratic_figure_update,
+    saliency_bars,
 )
 from wfexplore.quadratic import (
     Quadratic,
@@ -135,3 +136,15 @@ def test_figure_refuses_other_inputs():
         quadratic_figure(obd_wrong_weight_example())
     with pytest.raises(TypeError, match="Quadratic"):
         quadratic_figure(np.eye(2))
+
+
+def test_bars_mark_once_each_rules_removed_weight_with_one_character():
+    """Marks over side-by-side bars of one group stay narrower than a bar."""
+    comparison = compare_rules(obd_wrong_weight_example())
+    fig = saliency_bars(comparison)
+    removed = {"magnitude": 2, "obd": 2, "obs": 0}  # ½w² = (0.5, 1.125, 0.32): magnitude picks w3
+    for rule, trace in zip(("magnitude", "obd", "obs"), fig.data[:3], strict=True):
+        marked = [i for i, text in enumerate(trace.text) if text]
+        assert marked == [removed[rule]], rule
+        assert all(len(text) <= 1 for text in trace.text)
+        assert list(trace.marker.line.width) == [3 if i in marked else 0 for i in range(3)]

@@ -253,6 +253,9 @@ def quadratic_figure(
 
 
 # --- three weights and more: saliencies as bars ------------------------------------------------
+REMOVED_MARK = "✕"
+"""Drawn above the bar of the weight each rule removes: one character, so that marks above
+side-by-side bars of a group never run into each other."""
 BAR_TRACE_NAMES = ("magnitude ½w²", "OBD ½H_qq w²", "OBS w²/(2[H⁻¹]_qq)", "δL with the best update")
 """Trace names of :func:`saliency_bars`, in the order of ``figure.data``."""
 
@@ -268,7 +271,7 @@ def saliency_bars_update(comparison: QuadraticComparison) -> tuple[list[dict], d
                 "x": names,
                 "y": list(r.saliencies),
                 "marker": {"line": {"width": edge, "color": ink()}},
-                "text": ["removes" if i == r.removed else "" for i in range(len(names))],
+                "text": [REMOVED_MARK if i == r.removed else "" for i in range(len(names))],
             }
         )
     traces.append({"x": names, "y": list(comparison.best_costs)})
@@ -277,7 +280,8 @@ def saliency_bars_update(comparison: QuadraticComparison) -> tuple[list[dict], d
 
 
 def saliency_bars(comparison: QuadraticComparison, *, height: int = 480) -> go.Figure:
-    """Each rule's saliency of every weight (the outlined bar is the weight it removes) and
+    """Each rule's saliency of every weight (the outlined bar, marked ✕, is the weight it
+    removes) and
     the true cost of removing each weight followed by the best update of the others.
 
     The picture for three weights and more, where the contour plot no longer fits: OBD picks
@@ -309,7 +313,7 @@ def saliency_bars(comparison: QuadraticComparison, *, height: int = 480) -> go.F
         height=height,
         margin={"l": 60, "r": 20, "t": 60, "b": 110},
         title={"x": 0.5, "xanchor": "center", "font": {"size": 14}},
-        xaxis={"title": {"text": "weight removed"}},
+        xaxis={"title": {"text": f"weight removed ({REMOVED_MARK}: the weight each rule removes)"}},
         yaxis={"title": {"text": "saliency / δL"}, "rangemode": "tozero"},
         legend={"orientation": "h", "x": 0.0, "y": -0.16, "yanchor": "top"},
     )
