@@ -229,16 +229,7 @@ class OBSTeacher(Dashboard):
         super().__init__("wfx-teacher", TeacherState(**values, weights=int(start["weights"])))
         self._build_controls(values, preset)
         self.comparison = compare_rules(self.quadratic)
-        two = self.comparison if self.state.weights == 2 else compare_rules(self._two_weights())
-        figure = quadratic_figure(two, resolution=resolution, height=500)
-        figure.update_layout(width=560, autosize=False)
-        self.figure = go.FigureWidget(figure)
-        self.figure.add_class("wfx-teacher-figure")
-        three = self.comparison if self.state.weights == 3 else compare_rules(self._three())
-        bars = saliency_bars(three, height=500)
-        bars.update_layout(width=560, autosize=False)
-        self.bars = go.FigureWidget(bars)
-        self.bars.add_class("wfx-teacher-bars")
+        self._plots: dict[int, go.FigureWidget] = {}
         self.table = widgets.HTML(rules_table_html(self.comparison))
         self.table.add_class("wfx-teacher-table")
         self.save_bar = SaveBar(self, "obd-obs-teacher.html")
@@ -287,8 +278,8 @@ class OBSTeacher(Dashboard):
             [intro, self.preset, *self.all_sliders.values(), self.reset],
             layout=widgets.Layout(width="350px", flex="0 0 350px"),
         )
-        self.figure_box = widgets.Box([self.figure])
-        self.bars_box = widgets.Box([self.bars])
+        self.figure_box = widgets.Box()
+        self.bars_box = widgets.Box()
         plots = widgets.Box(
             [self.figure_box, self.bars_box], layout=widgets.Layout(flex="1 1 auto")
         )
@@ -300,6 +291,34 @@ class OBSTeacher(Dashboard):
             ]
         )
         self.widget.add_class("wfx-teacher")
+
+    @property
+    def figure(self) -> go.FigureWidget:
+        """The contour plot of two weights (made when first shown)."""
+        return self._plot(2)
+
+    @property
+    def bars(self) -> go.FigureWidget:
+        """The saliency bars of three weights (made when first shown)."""
+        return self._plot(3)
+
+    def _plot(self, weights: int) -> go.FigureWidget:
+        """The plot of ``weights`` weights, made from the sliders when first asked for: a
+        FigureWidget sends plotly.js (about 5 MB) to the page, so the hidden one waits."""
+        if weights not in self._plots:
+            if weights == 2:
+                fig = quadratic_figure(
+                    compare_rules(self._two_weights()), resolution=self.resolution, height=500
+                )
+                box, css_class = self.figure_box, "wfx-teacher-figure"
+            else:
+                fig = saliency_bars(compare_rules(self._three()), height=500)
+                box, css_class = self.bars_box, "wfx-teacher-bars"
+            fig.update_layout(width=560, autosize=False)
+            plot = self._plots[weights] = go.FigureWidget(fig)
+            plot.add_class(css_class)
+            box.children = (plot,)
+        return self._plots[weights]
 
     @property
     def sliders(self) -> dict[str, widgets.FloatSlider | widgets.FloatLogSlider]:
@@ -345,6 +364,7 @@ class OBSTeacher(Dashboard):
 
     def _show_mode(self) -> None:
         three = self.state.weights == 3
+        self._plot(self.state.weights)
         self.figure_box.layout.display = "none" if three else None
         self.bars_box.layout.display = None if three else "none"
         for slider in (self.h33, self.w3):
