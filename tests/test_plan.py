@@ -13,7 +13,7 @@ import torch
 
 import wfexplore
 from wfexplore.curvature import estimate_curvature
-from wfexplore.curvature.plan import auto_representation, curvature_cost
+from wfexplore.curvature.plan import FACTOR_SHARE, auto_representation, curvature_cost
 from wfexplore.params import AnalysedParameter, ParameterLayout
 from wfexplore.pruning import PruningSettings, prune_model, sweep
 
@@ -42,6 +42,20 @@ def test_layer_rows_follow_the_cost_model_by_hand(mlp):
     ).layers.set_index("parameter")  # fmt: skip
     assert lowrank.loc["0.weight", "gradient_bytes"] == m * 30 * 8  # the model is float64
     assert lowrank.loc["0.weight", "flops"] == 15 / 8 * m * m * 30 + m**3
+    # room for two factors of 8m² bytes: 0.weight keeps its first two blocks' factors; its
+    # last two (8, 6) and 3.weight's (8, 7) are made again for the update, (5/4)m²s + m³/3 each
+    budget = 2 * 8 * m * m / FACTOR_SHARE / 2**30
+    few = wfexplore.plan(
+        mlp, PruningSettings("woodfisher", num_samples=m, block_size=8,
+                             representation="lowrank"), max_memory_gb=budget,
+    ).layers.set_index("parameter")  # fmt: skip
+    assert few.loc["0.weight", "flops"] == pytest.approx(
+        15 / 8 * m * m * 30 + 4 * m**3 + 5 / 4 * m * m * (8 + 6) + 2 * m**3 / 3, rel=1e-12
+    )
+    assert few.loc["3.weight", "flops"] == pytest.approx(
+        15 / 8 * m * m * 15 + 2 * m**3 + 5 / 4 * m * m * 15 + 2 * m**3 / 3, rel=1e-12
+    )
+    assert "2 factors recomputed" in few.loc["0.weight", "strategy"]
     kfac = wfexplore.plan(mlp, PruningSettings("kfac", num_samples=m), max_memory_gb=1.0)
     row = kfac.layers.set_index("parameter").loc["0.weight"]  # Linear(6, 5): S 5×5, A 6×6
     assert row["curvature_bytes"] == 4 * 8 * (36 + 25)

@@ -23,7 +23,8 @@ cheaper of dense and low-rank blocks by these flops among those that fit: low-ra
 m ≪ B, dense when B ≪ m.
 
 Low-rank blocks keep their m × m factors while they total at most ``FACTOR_SHARE`` of the
-budget (the first blocks in order; the others are recomputed from G when used). Their G
+budget (the first blocks in order; the others are recomputed from G when used, and their
+flops count one recomputation, that of the weight update). Their G
 may live in a file on disk (:mod:`.gradient_files`, ``gradient_store``): it then counts in
 ``disk_bytes``, not in the peak, which holds the file's read window instead. With
 ``gradient_store="auto"`` G goes to disk when the peak with G in memory is over the budget,
@@ -166,6 +167,13 @@ def gradients_on_disk(
     return gradient_bytes(m, layout.dim, itemsize) <= free_disk_bytes(store_folder("auto"))
 
 
+def refactor_flops(num_samples: int, size: int) -> float:
+    """Flops of making a low-rank block's factor again: its Gram G_B G_Bᵀ over the rows on and
+    below the diagonal and its Cholesky, (5/4)m²s + m³/3."""
+    m = num_samples
+    return 1.25 * m * m * size + m**3 / 3
+
+
 def auto_representation(layout: ParameterLayout, num_samples: int, budget_bytes: float) -> str:
     """Dense or low-rank blocks, whichever needs fewer flops among those within the budget
     (dense blocks when nothing is known of m). Low-rank blocks are judged as they run: the
@@ -182,7 +190,7 @@ def auto_representation(layout: ParameterLayout, num_samples: int, budget_bytes:
         for i, p in enumerate(layout.parameters)
     )
     kept = kept_factor_blocks(layout, m, budget_bytes)
-    lowrank_flops += sum(1.25 * m * m * b.size + m**3 / 3 for b in layout.blocks[kept:])
+    lowrank_flops += sum(refactor_flops(m, b.size) for b in layout.blocks[kept:])
     in_memory = lowrank_bytes(layout, m, 4, budget_bytes, on_disk=False)
     on_disk = lowrank_bytes(layout, m, 4, budget_bytes, on_disk=True)
     costs = {
@@ -407,6 +415,7 @@ def _layer_rows(layout, representation, m, itemsize, hold, on_disk, budget_bytes
             row["curvature_bytes"] = FLOAT64 * m * m * keep
             if keep < len(sizes):
                 row["strategy"] += f", {len(sizes) - keep} factors recomputed"
+                row["flops"] += sum(refactor_flops(m, s) for s in sizes[keep:])
         rows.append(row)
     return rows
 
