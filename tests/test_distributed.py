@@ -63,6 +63,21 @@ def compute(model, data, num_samples):
     return out
 
 
+def on_disk(model, data, num_samples, store):
+    """Low-rank blocks with the gradients in a file (in folder ``store``)."""
+    layout = ParameterLayout.from_model(model, block_size="layer")
+    common = {"representation": "lowrank", "progress": False}
+    curv = estimate_curvature(model, data, layout=layout, num_samples=num_samples,
+                              gradient_store=store, **common)  # fmt: skip
+    out = {"inverse_diag": curv.inverse_diag(1e-3), "file_rows": curv.gradients.shape[0]}
+    curv.close()
+    settings = PruningSettings("woodfisher", damping=1e-3, num_samples=num_samples,
+                               block_size="layer", representation="lowrank")  # fmt: skip
+    result = prune_model(model, settings, 0.5, data=data, gradient_store=store, progress=False)
+    out["weights"] = {n: p.detach().clone() for n, p in result.model.named_parameters()}
+    return out
+
+
 def _rank(rank, folder, scenario):
     try:
         dist.init_process_group(
@@ -74,6 +89,10 @@ def _rank(rank, folder, scenario):
         model = make_mlp()
         if scenario == "same":
             result = compute(model, data, WORLD * PER_RANK)
+        elif scenario == "disk":
+            store = Path(folder) / f"gradients-of-rank{rank}"
+            result = on_disk(model, data, WORLD * PER_RANK, store)
+            result["left_on_disk"] = sorted(p.name for p in store.iterdir())
         else:  # rank 1 asks for other settings
             m = WORLD * PER_RANK if rank == 0 else WORLD * PER_RANK // 2
             result = estimate_curvature(model, data, num_samples=m, progress=False)
@@ -119,3 +138,21 @@ def test_ranks_that_disagree_get_a_clear_error_each(tmp_path):
     for status, value in results:
         assert status == "error"
         assert "ranks of the process group were given different settings" in value
+
+
+@pytest.mark.slow
+def test_two_ranks_with_the_gradients_on_disk_equal_one_process_in_memory(tmp_path):
+    """Each rank writes its rows into its own file, then receives the other's: the file holds
+    all m rows in rank order and is removed afterwards."""
+    results = run(tmp_path, "disk")
+    for status, value in results:
+        assert status == "ok", value
+    _, (x, y) = shards()
+    single = on_disk(make_mlp(), loader(x, y), WORLD * PER_RANK, "memory")
+    for _, ranked in results:
+        assert ranked["file_rows"] == WORLD * PER_RANK
+        torch.testing.assert_close(ranked["inverse_diag"], single["inverse_diag"], rtol=1e-10,
+                                   atol=0)  # fmt: skip
+        for name, w in single["weights"].items():
+            torch.testing.assert_close(ranked["weights"][name], w, rtol=1e-10, atol=1e-14)
+        assert ranked["left_on_disk"] == []

@@ -11,7 +11,7 @@ import torch
 
 import wfexplore
 from wfexplore.curvature import LowRankCurvature, estimate_curvature, from_gradients, gradient_files
-from wfexplore.curvature.gradient_files import GradientFile, check_gradient_store, local_store
+from wfexplore.curvature.gradient_files import GradientFile, check_gradient_store
 from wfexplore.params import AnalysedParameter, ParameterLayout
 from wfexplore.pruning import PruningSettings, prune_model
 
@@ -180,11 +180,24 @@ def test_the_plan_places_the_gradients_and_suggests_the_disk(mlp, tmp_path):
     assert "representation='lowrank', gradient_store='disk'" in message
 
 
-def test_store_names_are_checked_and_ranks_keep_the_gradients_in_memory(tmp_path):
+def test_store_names_are_checked(tmp_path):
     with pytest.raises(ValueError, match="gradient_store must be one of"):
         check_gradient_store("memroy")
     assert check_gradient_store("./grads") == "./grads"
-    assert local_store("auto", distributed=True) == "memory"
-    assert local_store(tmp_path, distributed=False) == tmp_path
-    with pytest.raises(ValueError, match="not supported under torch.distributed"):
-        local_store("disk", distributed=True)
+    assert check_gradient_store(tmp_path) == tmp_path
+
+
+def test_rows_written_in_any_order_read_back_as_g(tmp_path):
+    """Positioned writes (each rank's rows in place, the others' later) make the same G."""
+    g = torch.randn(6, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    store = GradientFile(6, 5, torch.float64, folder=tmp_path)
+    for start, stop in ((3, 5), (0, 2), (5, 6), (2, 3)):
+        store.write_rows(start, g[start:stop])
+    assert store.filled == 6
+    assert torch.equal(store.read_rows(1, 4), g[1:4])
+    out = torch.empty(6, 3, dtype=torch.float64)
+    store.read(2, 5, out)
+    assert torch.equal(out, g[:, 2:5])
+    with pytest.raises(ValueError, match="outside the num_samples=6 rows"):
+        store.write_rows(5, g[:2])
+    store.close()

@@ -5,7 +5,8 @@ When a process group is initialised (``torch.distributed.init_process_group``, e
 ``torchrun``), each rank passes its own shard of the data, as with a ``DistributedSampler``;
 m is the total over ranks and each rank takes m / world_size samples from its shard. Sums
 (Fisher diagonals, dense Gram blocks, K-FAC factors, evaluation totals) are all-reduced;
-gradient rows that a representation holds are all-gathered in rank order. Every rank then
+gradient rows that a representation holds are all-gathered in rank order (into memory, or
+chunk by chunk into each rank's own gradient file on disk). Every rank then
 holds the same curvature as one process given the ranks' samples concatenated in rank
 order, so every later step — saliencies, global selection, masks, updates — is the same
 on every rank. Collectives run on the group's device (CPU tensors for gloo, CUDA for NCCL)
@@ -71,12 +72,17 @@ class Ranks:
         out = self.sum_(torch.tensor(values, dtype=torch.float64))
         return out.tolist()
 
-    def gather_rows(self, rows: torch.Tensor) -> torch.Tensor:
-        """The ranks' ``(n, …)`` row blocks stacked in rank order (every rank the same n)."""
-        work = rows.contiguous().to(self._device())
+    def gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        """Every rank's ``tensor`` (the same shape on every rank), in rank order, on the
+        device of ``tensor``."""
+        work = tensor.contiguous().to(self._device())
         parts = [torch.empty_like(work) for _ in range(self.size)]
         dist.all_gather(parts, work, group=self.group)
-        return torch.cat(parts).to(rows.device)
+        return [part.to(tensor.device) for part in parts]
+
+    def gather_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """The ranks' ``(n, …)`` row blocks stacked in rank order (every rank the same n)."""
+        return torch.cat(self.gather(rows))
 
     def agree(self, what: str, **settings) -> None:
         """Refuse, on every rank, settings that differ between ranks (compared by hash)."""

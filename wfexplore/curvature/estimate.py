@@ -19,7 +19,7 @@ from wfexplore.copies import private_copy
 from wfexplore.curvature.base import Curvature
 from wfexplore.curvature.dense import DEFAULT_MAX_MEMORY_GB, DenseAccumulator, dense_memory_bytes
 from wfexplore.curvature.diagonal import DiagonalAccumulator
-from wfexplore.curvature.gradient_files import check_gradient_store, local_store
+from wfexplore.curvature.gradient_files import check_gradient_store
 from wfexplore.curvature.identity import IdentityCurvature
 from wfexplore.curvature.kfac import KFACCurvature
 from wfexplore.curvature.lowrank import GradientStore
@@ -83,9 +83,10 @@ def from_gradients(
     a folder path, or ``"auto"``: on disk when it would not fit ``max_memory_gb`` in memory
     but does on disk (:class:`~.lowrank.GradientStore`; the other representations stream G
     or, the recursion, hold it in memory). With ``ranks`` the gradients are this rank's
-    share: sums are all-reduced and held rows all-gathered (in memory).
+    share: sums are all-reduced and held rows all-gathered (in memory, or for low-rank
+    blocks on disk into each rank's own gradient file).
     """
-    gradient_store = local_store(check_gradient_store(gradient_store), ranks is not None)
+    gradient_store = check_gradient_store(gradient_store)
     if isinstance(gradients, torch.Tensor):
         num_samples = gradients.shape[0]
     representation = resolve_representation(representation, layout, num_samples, max_memory_gb)
@@ -101,6 +102,7 @@ def from_gradients(
         max_memory_gb=max_memory_gb,
         num_samples=num_samples,
         gradient_store=gradient_store,
+        ranks=ranks,
     )
     m = 0
     for chunk in chunks:
@@ -182,7 +184,7 @@ def estimate_curvature(
         max_memory_gb = default_budget_gb(first.device)
     representation = resolve_representation(representation, layout, num_samples, max_memory_gb)
     ranks = Ranks.active(distributed, process_group)
-    gradient_store = local_store(check_gradient_store(gradient_store), ranks is not None)
+    gradient_store = check_gradient_store(gradient_store)
     if not planned or (representation == "lowrank" and gradient_store == "auto"):
         work = _plan(model, data, layout, representation, num_samples, batch_size, max_memory_gb,
                      gradient_store)  # fmt: skip

@@ -49,20 +49,6 @@ def wants_disk(gradient_store) -> bool:
     return check_gradient_store(gradient_store) not in ("auto", "memory")
 
 
-def local_store(gradient_store, distributed: bool):
-    """The store of one rank's rows: under torch.distributed every rank gathers all of G in
-    memory, so ``"auto"`` means ``"memory"`` there and the disk is refused."""
-    if not distributed or check_gradient_store(gradient_store) == "memory":
-        return gradient_store
-    if wants_disk(gradient_store):
-        raise ValueError(
-            f"gradient_store={gradient_store!r} is not supported under torch.distributed yet "
-            "(every rank gathers all gradient rows in memory); use gradient_store='memory', or "
-            "run in one process (distributed=False)"
-        )
-    return "memory"
-
-
 def store_folder(gradient_store) -> Path:
     """The folder a disk store writes in: the one named, else ``cache_dir()/gradients``
     (the system's temporary folder where that cannot be created)."""
@@ -172,12 +158,33 @@ class GradientFile:
 
     def append(self, chunk: torch.Tensor) -> None:
         """Write the rows of ``chunk`` (c, d) after those written so far."""
-        stop = _check_room(self, chunk)
+        self.write_rows(self.filled, chunk)
+
+    def write_rows(self, start: int, chunk: torch.Tensor) -> None:
+        """Write the rows of ``chunk`` (c, d) as rows start … start + c − 1 (each row once:
+        ``filled`` counts the rows written)."""
+        if chunk.ndim != 2 or chunk.shape[1] != self.dim:
+            raise ValueError(f"gradients: expected rows of {self.dim} entries, got {chunk.shape}")
+        if not 0 <= start <= start + chunk.shape[0] <= self.num_samples:
+            raise ValueError(
+                f"gradients: rows {start}…{start + chunk.shape[0] - 1} are outside the "
+                f"num_samples={self.num_samples} rows of {self.path}"
+            )
         rows = chunk.detach().to(device="cpu", dtype=self.dtype).contiguous()
         data = memoryview(rows.view(torch.uint8).numpy()).cast("B")
+        self.file.seek(start * self.dim * self.itemsize)
         while data:
             data = data[self.file.write(data) :]
-        self.filled = stop
+        self.filled += chunk.shape[0]
+
+    def read_rows(self, start: int, stop: int) -> torch.Tensor:
+        """Rows start … stop − 1 of G, (stop − start, d) in memory."""
+        out = torch.empty(stop - start, self.dim, dtype=self.dtype)
+        size = out.numel() * self.itemsize
+        self.file.seek(start * self.dim * self.itemsize)
+        if self.file.readinto(memoryview(out.view(torch.uint8).numpy()).cast("B")) != size:
+            raise OSError(f"gradient store: {self.path} is shorter than its {self!r}")
+        return out
 
     def read(self, start: int, stop: int, out: torch.Tensor) -> None:
         """G[:, start:stop] into ``out`` (m, stop − start), of any dtype and device."""

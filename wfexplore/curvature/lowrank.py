@@ -29,12 +29,14 @@ from wfexplore.curvature.base import (
 )
 from wfexplore.curvature.dense import DEFAULT_MAX_MEMORY_GB
 from wfexplore.curvature.gradient_files import (
+    WINDOW_BYTES,
     GradientFile,
     HeldGradients,
     check_gradient_store,
     wants_disk,
 )
 from wfexplore.curvature.plan import factor_budget_bytes, gradients_on_disk
+from wfexplore.distributed import Ranks
 from wfexplore.params import ParameterLayout
 
 
@@ -287,9 +289,12 @@ class GradientStore:
         *,
         max_memory_gb: float = DEFAULT_MAX_MEMORY_GB,
         gradient_store="memory",
+        ranks: Ranks | None = None,
         **_,
     ):
         self.layout, self.dtype, self.num_samples = layout, dtype, num_samples
+        self.ranks = ranks
+        self._written = 0  # this rank's rows written to a gradient file of every rank's rows
         self.budget_bytes = max_memory_gb * 2**30
         self.gradient_store = check_gradient_store(gradient_store)
         if num_samples is None and wants_disk(gradient_store):
@@ -308,6 +313,12 @@ class GradientStore:
             self.rows = self._allocate(chunk)
             if self.rows.filled:
                 return  # G given whole: held, not copied
+        if self.ranks is not None and isinstance(self.rows, GradientFile):
+            if self._written + chunk.shape[0] > self.num_samples:
+                raise ValueError(f"gradients: more than num_samples={self.num_samples} rows")
+            self.rows.write_rows(self.ranks.rank * self.num_samples + self._written, chunk)
+            self._written += chunk.shape[0]
+            return
         self.rows.append(chunk)
 
     def matrix(self, num_samples: int | None) -> torch.Tensor | GradientFile:
@@ -320,10 +331,33 @@ class GradientStore:
             )
         return self.rows.rows if isinstance(self.rows, HeldGradients) else self.rows
 
-    def combine(self, ranks) -> None:
-        """The ranks' rows, gathered in rank order (every rank then holds all of G)."""
-        local = self.matrix(None)
-        self.chunks, self.rows, self.num_samples = [ranks.gather_rows(local)], None, None
+    def combine(self, ranks: Ranks) -> None:
+        """The ranks' rows, gathered in rank order: every rank then holds all of G, in memory
+        or in its own gradient file (whose rows of the other ranks are written here, a few
+        rows of every rank per all-gather)."""
+        on_disk = isinstance(self.rows, GradientFile)
+        if ranks.sum_numbers(float(on_disk))[0] not in (0, ranks.size):
+            raise ValueError(
+                f"gradient_store: rank {ranks.rank} holds the gradients "
+                f"{'on disk' if on_disk else 'in memory'} and another rank does not (their "
+                "budgets or free disk differ); pass the same gradient_store='memory' or 'disk' "
+                "on every rank"
+            )
+        if not on_disk:
+            local = self.matrix(None)
+            self.chunks, self.rows, self.num_samples = [ranks.gather_rows(local)], None, None
+            return
+        n, file = self.num_samples, self.rows
+        if self._written != n:
+            raise ValueError(f"gradients: {self._written} rows given but num_samples={n}")
+        step = max(1, WINDOW_BYTES // (ranks.size * file.dim * file.itemsize))
+        for i in range(0, n, step):
+            j = min(i + step, n)
+            mine = file.read_rows(ranks.rank * n + i, ranks.rank * n + j)
+            for rank, rows in enumerate(ranks.gather(mine)):
+                if rank != ranks.rank:
+                    file.write_rows(rank * n + i, rows)
+        self.num_samples = n * ranks.size
 
     def finish(self, num_samples: int) -> LowRankCurvature:
         return LowRankCurvature(
@@ -338,15 +372,17 @@ class GradientStore:
         whole = chunk.shape[0] == m
         if self._on_disk(chunk.element_size(), whole):
             folder = None if self.gradient_store in ("auto", "disk") else self.gradient_store
-            return GradientFile(m, d, chunk.dtype, folder=folder, device=chunk.device)
+            rows = m * (1 if self.ranks is None else self.ranks.size)  # every rank's rows
+            return GradientFile(rows, d, chunk.dtype, folder=folder, device=chunk.device)
         if whole:
             return HeldGradients(chunk)
         return HeldGradients.empty(m, d, chunk.dtype, chunk.device)
 
     def _on_disk(self, itemsize: int, whole: bool) -> bool:
         if self.gradient_store == "auto":  # G given whole is in memory already
+            m = self.num_samples * (1 if self.ranks is None else self.ranks.size)
             return not whole and gradients_on_disk(
-                "auto", self.layout, self.num_samples, itemsize, self.budget_bytes
+                "auto", self.layout, m, itemsize, self.budget_bytes
             )
         return wants_disk(self.gradient_store)
 

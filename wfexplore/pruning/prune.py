@@ -29,7 +29,7 @@ from wfexplore.curvature.base import (
     as_damped,
     check_same_layout,
 )
-from wfexplore.curvature.gradient_files import check_gradient_store, local_store
+from wfexplore.curvature.gradient_files import check_gradient_store
 from wfexplore.curvature.plan import Plan, default_budget_gb
 from wfexplore.distributed import Ranks
 from wfexplore.gradients import LossFn
@@ -112,8 +112,8 @@ class RunOptions:
     ``bn_batches`` batches, default all). Under ``torch.distributed`` the work runs over the
     initialised process group (or ``process_group``; ``distributed=False`` opts out): each
     rank passes its own data shard and ends with the same masks and weights
-    (:mod:`wfexplore.distributed`); gradients are then held in memory (the disk store is
-    refused).
+    (:mod:`wfexplore.distributed`); every rank then holds all the gradients (in memory, or in
+    its own gradient file with the disk store).
     """
 
     names: Sequence[str] | None = None
@@ -198,7 +198,7 @@ class RunOptions:
             settings,
             layout=self.layout(model, settings),
             max_memory_gb=self.max_memory_gb,
-            gradient_store=local_store(self.gradient_store, self.ranks() is not None),
+            gradient_store=self.gradient_store,
             **kwargs,
         )
 
