@@ -916,8 +916,9 @@ def comparer_scenario(
     page: Page, server: ServerProcess, log: LatencyLog, shots: Path | None = None
 ) -> dict:
     """Notebook 4's pruning comparer: run the notebook, move the sparsity slider, drop the
-    WoodFisher method and take it back, choose the group OBS update, then another number of steps (new
-    settings: swept under the progress bar, or already computed ahead in the background).
+    WoodFisher method and take it back, choose the group OBS update, then another number of
+    steps (new settings: swept under the progress bar, or already computed ahead in the
+    background).
 
     Returns what was drawn at each stage (``figure_data`` lists) for the caller to check."""
     run_logged(page, server, COMPARER_NOTEBOOK, log)

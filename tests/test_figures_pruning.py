@@ -59,7 +59,8 @@ def test_violins_hold_the_positive_saliencies_of_each_layer():
     fig = saliency_distributions(frame)
     a, b = fig.data
     assert a.type == "violin" and list(a.x) == [0, 0, 1, 1, 1]
-    assert list(fig.layout.xaxis.ticktext) == ["x", "y"] and list(fig.layout.xaxis.tickvals) == [0, 1]
+    assert list(fig.layout.xaxis.ticktext) == ["x", "y"]
+    assert list(fig.layout.xaxis.tickvals) == [0, 1]
     assert list(a.y) == [1.0, 3.0, 2.0, 4.0, 5.0]  # the zero cannot sit on a log axis
     assert "1 ≤ 0 not drawn" in a.name
     assert list(b.y) == [0.25, 0.5, 1.0, 2.0, 8.0] and b.name == "b (1 ≤ 0 not drawn)"

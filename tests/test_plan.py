@@ -227,3 +227,31 @@ def test_sizing_activations_leaves_a_shuffling_loader_and_the_random_state_alone
     assert first_input(iter(batches)) is None  # a one-shot iterator is not read
     wfexplore.plan(mlp, "woodfisher", example=shuffled, max_memory_gb=1.0)
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_auto_judges_the_whole_peak_not_the_curvature_alone():
+    """Linear(256, 256), m = 192, B = 128, 0.32 GB: dense blocks are cheaper and their 256 MB
+    fit the budget, but with the gradient chunks their peak (358 MB) does not; low-rank blocks'
+    peak (294 MB) does. auto takes low-rank in the plan and in the estimate alike."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 256, bias=False))
+    x = torch.randn(192, 256)
+    data = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, torch.randint(0, 256, (192,))), batch_size=32
+    )
+    budget = 0.32
+
+    def planned(representation):
+        settings = PruningSettings("woodfisher", num_samples=192, block_size=128,
+                                   representation=representation)  # fmt: skip
+        return wfexplore.plan(model, settings, max_memory_gb=budget, example=x[:2])
+
+    dense, lowrank, auto = planned("dense"), planned("lowrank"), planned("auto")
+    assert dense.layers["curvature_bytes"].sum() < budget * 2**30 < dense.peak_bytes
+    assert dense.layers["flops"].sum() < lowrank.layers["flops"].sum() and lowrank.fits
+    assert auto.representation == "lowrank" and auto.peak_bytes == lowrank.peak_bytes
+    layout = ParameterLayout.from_model(model, block_size=128)
+    assert auto_representation(layout, 192, budget * 2**30) == "dense"  # curvature bytes only
+    curv = estimate_curvature(model, data, representation="auto", layout=layout,
+                              num_samples=192, max_memory_gb=budget, progress=False)  # fmt: skip
+    assert curv.kind == "lowrank"

@@ -24,8 +24,11 @@ from wfexplore.curvature.identity import IdentityCurvature
 from wfexplore.curvature.kfac import KFACCurvature
 from wfexplore.curvature.lowrank import GradientStore
 from wfexplore.curvature.plan import (
+    AUTO_CHOICES,
+    Plan,
     activation_bytes_of,
     auto_representation,
+    cheapest_fitting,
     default_budget_gb,
     first_input,
     plan_curvature,
@@ -182,13 +185,12 @@ def estimate_curvature(
     first = next(model.parameters())
     if max_memory_gb is None:
         max_memory_gb = default_budget_gb(first.device)
-    representation = resolve_representation(representation, layout, num_samples, max_memory_gb)
     ranks = Ranks.active(distributed, process_group)
     gradient_store = check_gradient_store(gradient_store)
-    if not planned or (representation == "lowrank" and gradient_store == "auto"):
-        work = _plan(model, data, layout, representation, num_samples, batch_size, max_memory_gb,
-                     gradient_store)  # fmt: skip
-        gradient_store = work.gradient_store if planned else work.check().gradient_store
+    representation, gradient_store = _planned_choice(
+        model, data, layout, representation, num_samples, batch_size, max_memory_gb,
+        gradient_store, planned,
+    )  # fmt: skip
     local = num_samples
     if ranks is not None:
         ranks.agree(
@@ -228,8 +230,32 @@ def estimate_curvature(
     )
 
 
-def _plan(model, data, layout, representation, num_samples, batch_size, budget_gb, store):
-    """The plan of the work, made before any gradient (its G placed by ``store``)."""
+def _planned_choice(
+    model, data, layout, representation, num_samples, batch_size, budget_gb, store, planned
+) -> tuple[str, str]:
+    """The representation (``"auto"``: the cheaper of dense and low-rank blocks among those
+    whose whole peak fits, as :func:`wfexplore.plan` judges) and where G goes; the plan is
+    checked here unless the caller ``planned`` the work already."""
+    activations = []  # one example's activation bytes, measured when a plan needs them
+
+    def planned_as(representation: str) -> Plan:
+        if not activations:
+            activations.append(_activations(model, data))
+        return _plan(model, layout, representation, num_samples, batch_size, budget_gb, store,
+                     activations[0])  # fmt: skip
+
+    if representation == "auto":
+        representation = cheapest_fitting({r: planned_as(r) for r in AUTO_CHOICES})
+    representation = resolve_representation(representation, layout, num_samples, budget_gb)
+    if not planned or (representation == "lowrank" and store == "auto"):
+        work = planned_as(representation)
+        store = work.gradient_store if planned else work.check().gradient_store
+    return representation, store
+
+
+def _plan(model, layout, representation, num_samples, batch_size, budget_gb, store, activations):
+    """The plan of the work, made before any gradient (its G placed by ``store``; one
+    example's ``activations`` bytes)."""
     first = next(model.parameters())
     return plan_curvature(
         layout,
@@ -238,7 +264,7 @@ def _plan(model, data, layout, representation, num_samples, batch_size, budget_g
         itemsize=first.element_size(),
         model_bytes=sum(p.numel() * p.element_size() for p in model.parameters()),
         budget_gb=budget_gb,
-        activation_bytes=_activations(model, data),
+        activation_bytes=activations,
         batch_size=batch_size,
         gradient_store=store,
     )

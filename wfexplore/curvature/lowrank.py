@@ -10,8 +10,9 @@ Only G (m×d, kept in the gradients' dtype, in memory or in a file on disk:
 :mod:`.gradient_files`) and, for the last λ asked for, m×m Cholesky factors are held, so
 blocks can be whole layers or the whole model: O(m·d) memory, never |B|². The factors are
 kept while they total at most ``max_factor_bytes`` (8m² bytes each in float64, the first
-blocks asked for, held in slabs: :class:`KeptFactors`); the factor of a block beyond that is recomputed from G whenever it is
-needed (one pass over the block's columns, ≈ (5/4)m²|B| + m³/3 flops), with the same numbers.
+blocks asked for, held in slabs: :class:`KeptFactors`); the factor of a block beyond that
+is recomputed from G whenever it is needed (one pass over the block's columns,
+≈ (5/4)m²|B| + m³/3 flops), with the same numbers.
 Products with G_B run in ``dtype`` (float64 by default) over column chunks. The two
 O(m²d) products, G_B G_Bᵀ and L_B⁻¹ G_B, skip the blocks of rows that symmetry or
 triangularity make redundant, about 5/8 of the work of plain matrix products.

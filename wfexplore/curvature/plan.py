@@ -301,6 +301,14 @@ class Plan:
         return self.summary()
 
 
+def cheapest_fitting(plans: dict[str, Plan]) -> str:
+    """The representation of the plan (dense or low-rank blocks, ``AUTO_CHOICES``) with the
+    fewest flops among those whose whole peak (model copies, gradient chunks, activations,
+    curvature) fits the budget; among all of them when none fits (it is then refused)."""
+    fitting = [r for r in AUTO_CHOICES if plans[r].fits] or list(AUTO_CHOICES)
+    return min(fitting, key=lambda r: float(plans[r].layers["flops"].sum()))
+
+
 def plan_curvature(
     layout: ParameterLayout,
     representation: str,

@@ -17,8 +17,10 @@ from torch import nn
 from wfexplore.copies import private_copy
 from wfexplore.curvature.estimate import resolve_representation
 from wfexplore.curvature.plan import (
+    AUTO_CHOICES,
     Plan,
     activation_bytes_of,
+    cheapest_fitting,
     default_budget_gb,
     first_input,
     plan_curvature,
@@ -58,22 +60,30 @@ def plan(
     layout = layout if layout is not None else settings.layout(model, names, pattern)
     m = settings.num_samples if settings.needs_data else 0
     representation = settings.curvature_representation
+    activations = _activations(model, example) if m else 0
+
+    def planned(representation: str) -> Plan:
+        return plan_curvature(
+            layout,
+            representation,
+            m,
+            itemsize=first.element_size(),
+            model_bytes=sum(p.numel() * p.element_size() for p in model.parameters()),
+            budget_gb=budget_gb,
+            method=settings.method,
+            hold_gradients=hold_gradients and settings.method in ("obd", "woodfisher"),
+            activation_bytes=activations,
+            batch_size=settings.batch_size,
+            gradient_store=gradient_store,
+            evaluations=evaluations,
+        )
+
+    if settings.method == "woodfisher" and representation == "auto" and m:
+        plans = {r: planned(r) for r in AUTO_CHOICES}
+        return plans[cheapest_fitting(plans)]
     if settings.method == "woodfisher":
         representation = resolve_representation(representation, layout, m, budget_gb)
-    return plan_curvature(
-        layout,
-        representation,
-        m,
-        itemsize=first.element_size(),
-        model_bytes=sum(p.numel() * p.element_size() for p in model.parameters()),
-        budget_gb=budget_gb,
-        method=settings.method,
-        hold_gradients=hold_gradients and settings.method in ("obd", "woodfisher"),
-        activation_bytes=_activations(model, example) if m else 0,
-        batch_size=settings.batch_size,
-        gradient_store=gradient_store,
-        evaluations=evaluations,
-    )
+    return planned(representation)
 
 
 def _activations(model: nn.Module, example) -> int:

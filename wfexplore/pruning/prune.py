@@ -211,7 +211,8 @@ class PruningResult:
     ``torch.nn.utils.prune``); ``layers`` has one row per parameter (sparsity, predicted
     and actual loss change); ``steps`` one row per recomputation step; ``summary`` the totals,
     with the wall seconds of each phase (``curvature_s``: gradients, curvature and diag C⁻¹;
-    ``prune_s``: selection and update; ``eval_s``: evaluation); ``plan`` what was estimated before the work (:func:`~wfexplore.pruning.plan.plan`).
+    ``prune_s``: selection and update; ``eval_s``: evaluation); ``plan`` what was estimated
+    before the work (:func:`~wfexplore.pruning.plan.plan`).
     """
 
     model: nn.Module
