@@ -255,3 +255,10 @@ def test_auto_judges_the_whole_peak_not_the_curvature_alone():
     curv = estimate_curvature(model, data, representation="auto", layout=layout,
                               num_samples=192, max_memory_gb=budget, progress=False)  # fmt: skip
     assert curv.kind == "lowrank"
+    settings = PruningSettings("woodfisher", num_samples=192, block_size=128)
+    pruned = prune_model(model, settings, 0.5, data=data, max_memory_gb=budget, progress=False)
+    assert list(pruned.steps["curvature"]) == ["lowrank"]
+    assert pruned.plan.representation == "lowrank"
+    swept = sweep(model, data, methods=["woodfisher"], sparsities=[0.5], num_samples=[192],
+                  block_sizes=[128], max_memory_gb=budget, cache=False, progress=False)  # fmt: skip
+    assert list(swept["curvature"]) == ["lowrank"]  # the sweep builds what its plan checked

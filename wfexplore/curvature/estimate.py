@@ -236,13 +236,16 @@ def _planned_choice(
     """The representation (``"auto"``: the cheaper of dense and low-rank blocks among those
     whose whole peak fits, as :func:`wfexplore.plan` judges) and where G goes; the plan is
     checked here unless the caller ``planned`` the work already."""
+    plans: dict[str, Plan] = {}
     activations = []  # one example's activation bytes, measured when a plan needs them
 
     def planned_as(representation: str) -> Plan:
-        if not activations:
-            activations.append(_activations(model, data))
-        return _plan(model, layout, representation, num_samples, batch_size, budget_gb, store,
-                     activations[0])  # fmt: skip
+        if representation not in plans:
+            if not activations:
+                activations.append(_activations(model, data))
+            plans[representation] = _plan(model, layout, representation, num_samples,
+                                          batch_size, budget_gb, store, activations[0])  # fmt: skip
+        return plans[representation]
 
     if representation == "auto":
         representation = cheapest_fitting({r: planned_as(r) for r in AUTO_CHOICES})

@@ -383,7 +383,7 @@ def _prepare(
         inputs.data = inputs.train_data
     _check_data(inputs, settings, options)
     options = options.with_budget(inputs.model)
-    options.plan(inputs.model, settings, example=inputs.data).check()
+    settings, _ = options.checked(inputs.model, settings, example=inputs.data)
     layout = options.layout(inputs.model, settings)
     start = (layout.flatten(inputs.model).detach() == 0).cpu()
     steps = len(inputs.plan.step_epochs)

@@ -191,6 +191,17 @@ class RunOptions:
             gradient_store=self.gradient_store,
         )
 
+    def checked(
+        self, model: nn.Module, settings: PruningSettings, **kwargs
+    ) -> tuple[PruningSettings, Plan]:
+        """The plan of ``settings``, checked (refused over the budget), and ``settings`` with
+        WoodFisher's ``representation="auto"`` replaced by the plan's choice, so that the
+        curvature is built as planned."""
+        planned = self.plan(model, settings, **kwargs).check()
+        if settings.method == "woodfisher" and settings.representation == "auto":
+            settings = replace(settings, representation=planned.representation)
+        return settings, planned
+
     def plan(self, model: nn.Module, settings: PruningSettings, **kwargs) -> Plan:
         """The plan of ``settings`` on ``model`` with these options (callers check it)."""
         return plan(
@@ -305,9 +316,8 @@ def prune_model(
     if isinstance(how, PruningSettings):
         layout = options.layout(model, how)
         evaluations = options.evaluations(layout, eval_data is not None or data is not None)
-        checked = options.plan(model, how, example=data, evaluations=evaluations).check()
+        settings, checked = options.checked(model, how, example=data, evaluations=evaluations)
         examples = take_examples(data, options.share(how)) if how.needs_data else None
-        settings = how
 
         def provider(step, work, keep):
             return options.curvature(work, examples, layout, settings, keep=keep), None

@@ -48,7 +48,7 @@ def curvature_for(
     how = resolve_method(method)
     if not isinstance(how, PruningSettings):
         return how, ready_curvature_layout(model, how, options)
-    options.plan(model, how, example=data).check()
+    how, _ = options.checked(model, how, example=data)
     layout = options.layout(model, how)
     examples = take_examples(data, options.share(how)) if how.needs_data else None
     return options.curvature(model, examples, layout, how), layout

@@ -168,11 +168,13 @@ def sweep(
     if options.recalibrate_bn and data is None:
         raise ValueError("recalibrate_bn=True needs data=<loader>")
     options = options.with_budget(model)
-    for settings in grid.settings(base):  # before any gradient: G is shared, so it is held
-        options.plan(model, settings, hold_gradients=True, example=data).check()
+    planned = [  # before any gradient: G is shared, so it is held
+        options.checked(model, settings, hold_gradients=True, example=data)[0]
+        for settings in grid.settings(base)
+    ]
     if data is not None:
         check_reusable(data, "data")  # fingerprinted, then read for the curvature
-    run = _SweepRun(model, data, eval_data, grid, base, schedule, options, keep_masks)
+    run = _SweepRun(model, data, eval_data, grid, base, planned, schedule, options, keep_masks)
     run.open_cache(cache, cache_key)
     return run.rows()
 
@@ -180,10 +182,10 @@ def sweep(
 class _SweepRun:
     """One sweep: the shared work, the cache and the rows."""
 
-    def __init__(self, model, data, eval_data, grid, base, schedule, options, keep_masks):
+    def __init__(self, model, data, eval_data, grid, base, settings, schedule, options, keep_masks):
         self.model, self.data, self.grid = model, data, grid
         self.schedule, self.options, self.keep_masks = schedule, options, keep_masks
-        self.settings = grid.settings(base)
+        self.settings = settings
         self.evals = _eval_sets(eval_data if eval_data is not None else data)
         self.ranks = options.ranks()
         if self.ranks is not None:
