@@ -16,7 +16,11 @@ the gradients in memory is over the budget) is passed on; the plan's ``strategy`
 the measured line say where the gradients went. A plan over ``--max-memory-gb`` is refused
 before any work, as ``prune_model`` would; the line then says ``refused=1``. ``--grid``
 also times dense against low-rank blocks side by side on a d × m × B grid of one synthetic
-layer and says which one ``auto`` picks.
+layer and says which one ``auto`` picks. ``--world-size N`` also runs the same call over N
+gloo processes on this machine (torch.distributed; each rank takes m / N samples of its own
+synthetic shard and 1/N of the cores) and prints one process and the N ranks side by side:
+seconds, and each rank's peak RSS against its plan (``wfexplore.plan(world_size=N)``); the
+last line is then the ranks' (the largest rank peak).
 """
 
 from __future__ import annotations
@@ -47,11 +51,11 @@ def build(name: str):
     return torchvision_model(name, num_classes=CLASSES.get(name, 1000)).eval()
 
 
-def data_for(name: str, examples: int, batch: int = 16):
+def data_for(name: str, examples: int, batch: int = 16, seed: int = 0):
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(seed)
     x = torch.randn(examples, *SHAPES[name], generator=g)
     y = torch.randint(0, CLASSES.get(name, 1000), (examples,), generator=g)
     return DataLoader(TensorDataset(x, y), batch_size=batch)
@@ -90,16 +94,17 @@ PHASES = (("gradients, curvature, diag C⁻¹", "curvature_s"), ("selection and 
           ("evaluation", "eval_s"))  # fmt: skip
 
 
-def child(args) -> dict:
-    """Runs in a fresh interpreter: one prune_model call; the wall seconds of each phase (from
-    the result's summary, in the order they run) and the peak RSS sampled within it."""
+def child(args, rank: int = 0, world: int = 1) -> dict:
+    """Runs in a fresh interpreter (one rank of ``world``): one prune_model call; the wall
+    seconds of each phase (from the result's summary, in the order they run) and the peak RSS
+    sampled within it."""
     import torch
 
     from wfexplore.pruning import PruningSettings, prune_model
 
     torch.manual_seed(0)
     model = build(args.model)
-    data = data_for(args.model, args.num_samples)
+    data = data_for(args.model, args.num_samples // world, seed=rank)
     settings = PruningSettings("woodfisher", damping=1e-5, num_samples=args.num_samples,
                                block_size=args.block_size)  # fmt: skip
     base = rss_gb()
@@ -125,6 +130,41 @@ def child(args) -> dict:
         "disk_gb": result.plan.disk_bytes / 2**30,
         "accuracy": result.summary.get("accuracy"),
     }
+
+
+def rank_child(rank: int, args, folder: str) -> None:
+    """One rank of ``--world-size`` gloo processes: :func:`child` on its own shard."""
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.world_size))
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank,
+                            world_size=args.world_size,
+                            timeout=datetime.timedelta(minutes=30))  # fmt: skip
+    try:
+        measured = child(args, rank, args.world_size)
+    finally:
+        dist.destroy_process_group()
+    with open(f"{folder}/rank{rank}.json", "w") as f:
+        json.dump(measured, f)
+
+
+def ranks(args) -> list[dict]:
+    """Every rank's measurement, in a fresh interpreter that spawns the ranks."""
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as folder:
+        mp.start_processes(rank_child, args=(args, folder), nprocs=args.world_size,
+                           start_method="spawn")  # fmt: skip
+        out = []
+        for r in range(args.world_size):
+            with open(f"{folder}/rank{r}.json") as f:
+                out.append(json.load(f))
+        return out
 
 
 def grid() -> None:
@@ -161,10 +201,13 @@ def main() -> None:
     parser.add_argument("--gradient-store", default="auto",
                         help="auto, memory, disk or a folder for the gradient file")  # fmt: skip
     parser.add_argument("--grid", action="store_true", help="time dense vs low-rank on a grid")
+    parser.add_argument("--world-size", type=int, default=1,
+                        help="also run over this many gloo processes, side by side")  # fmt: skip
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--ranks", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args)))
+        print(json.dumps(ranks(args) if args.ranks else child(args)))
         return
 
     import torch
@@ -206,8 +249,43 @@ def main() -> None:
         print(f"  {name:30s}  {spent:8.1f}  {peak:11.2f}")
     if args.grid:
         grid()
-    print(f"{line} seconds={measured['seconds']:.1f} peak_gb={measured['peak_gb']:.2f} "
-          f"plan_gb={plan_gb:.2f}")  # fmt: skip
+    last = (f"{line} seconds={measured['seconds']:.1f} peak_gb={measured['peak_gb']:.2f} "
+            f"plan_gb={plan_gb:.2f}")  # fmt: skip
+    if args.world_size > 1:
+        last = side_by_side(args, command, settings, measured, plan_gb, line)
+    print(last)
+
+
+def side_by_side(args, command, settings, single: dict, single_plan_gb: float, line: str) -> str:
+    """The same call over ``--world-size`` gloo ranks beside the one process; the last line."""
+    import wfexplore
+
+    n = args.world_size
+    plan = wfexplore.plan(build(args.model), settings, max_memory_gb=args.max_memory_gb,
+                          example=data_for(args.model, 2), gradient_store=args.gradient_store,
+                          world_size=n)  # fmt: skip
+    load = os.getloadavg()[0]
+    done = subprocess.run([*command, f"--world-size={n}", "--ranks"], capture_output=True,
+                          text=True, check=True)  # fmt: skip
+    measured = json.loads(done.stdout.strip().splitlines()[-1])
+    rank_plan = plan.peak_bytes / 2**30
+    print(
+        f"\n  run           seconds  peak_rss_gb  plan_gb  representation  gradients "
+        f"(load {load:.2f} before, {os.getloadavg()[0]:.2f} after)"
+    )
+    print(
+        f"  1 process    {single['seconds']:8.1f}  {single['peak_gb']:11.2f}  "
+        f"{single_plan_gb:7.2f}  {single['representation']:14s}  {single['gradient_store']}"
+    )
+    for r, m in enumerate(measured):
+        print(f"  rank {r} of {n}  {m['seconds']:8.1f}  {m['peak_gb']:11.2f}  {rank_plan:7.2f}  "
+              f"{m['representation']:14s}  {m['gradient_store']}")  # fmt: skip
+    seconds = max(m["seconds"] for m in measured)
+    peak = max(m["peak_gb"] for m in measured)
+    print(f"  ratio {n} ranks / 1 process: seconds {seconds / single['seconds']:.2f}, "
+          f"peak per rank {peak / single['peak_gb']:.2f}")  # fmt: skip
+    return (f"{line} seconds={seconds:.1f} peak_gb={peak:.2f} plan_gb={rank_plan:.2f} "
+            f"world_size={n}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,7 +1,13 @@
 import pytest
 import torch
 
-from tests.conftest import assert_same_state, dense_block_fisher, loop_gradients, model_state
+from tests.conftest import (
+    assert_same_state,
+    dense_block_fisher,
+    loop_gradients,
+    make_mlp,
+    model_state,
+)
 from wfexplore.curvature import IdentityCurvature, estimate_curvature, from_gradients
 from wfexplore.params import AnalysedParameter, ParameterLayout
 
@@ -189,3 +195,17 @@ def test_a_whole_gradient_matrix_is_held_as_it_is_not_copied(gradients):
     assert held.data_ptr() == gradients.data_ptr()
     streamed = from_gradients(iter(gradients.split(7)), layout, "lowrank", num_samples=30)
     torch.testing.assert_close(streamed.gradients, gradients, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("size", [2, 3, 5])
+def test_block_shares_cover_every_block_once_in_runs_of_about_equal_work(size):
+    from wfexplore.curvature.lowrank import block_shares
+
+    layout = ParameterLayout.from_model(make_mlp(), block_size=3)
+    m = 8
+    shares = block_shares(layout, size, m)
+    assert len(shares) == size
+    assert [i for share in shares for i in share] == list(range(layout.num_blocks))
+    cost = [2.25 * m * m * b.size + m**3 / 3 for b in layout.blocks]
+    work = [sum(cost[i] for i in share) for share in shares]
+    assert max(work) - sum(work) / size <= max(cost)  # off an even share by under one block

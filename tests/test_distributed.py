@@ -78,6 +78,36 @@ def on_disk(model, data, num_samples, store):
     return out
 
 
+def shared_lowrank(model, data, num_samples):
+    """Every question a low-rank curvature answers, and a group-OBS pruning through it."""
+    layout = ParameterLayout.from_model(model, block_size=7)
+    curv = estimate_curvature(model, data, representation="lowrank", layout=layout,
+                              num_samples=num_samples, progress=False)  # fmt: skip
+    v = torch.linspace(-1.0, 1.0, layout.dim, dtype=torch.float64)
+    out = {
+        "held_columns": curv.gradients.shape[1],
+        "owned": list(getattr(curv, "owned", [])),
+        "diag": curv.diag(),
+        "mv": curv.mv(v),
+        "inverse_diag": curv.inverse_diag(1e-3),
+        "inverse_mv": curv.inverse_mv(v, 1e-3),
+    }
+    for b in layout.blocks:
+        last = b.size - 1
+        out[f"columns{b.index}"] = curv.columns(b.index, [0, last])
+        out[f"block{b.index}"] = curv.block(b.index)
+        out[f"inverse_columns{b.index}"] = curv.inverse_columns(b.index, [last, 0], 1e-3)
+    settings = PruningSettings("woodfisher", damping=1e-3, num_samples=num_samples,
+                               block_size=7, representation="lowrank")  # fmt: skip
+    for update in ("summed", "group"):
+        result = prune_model(model, settings, 0.5, data=data, update=update, progress=False)
+        out[f"masks_{update}"] = result.masks
+        out[f"weights_{update}"] = {
+            n: p.detach().clone() for n, p in result.model.named_parameters()
+        }
+    return out
+
+
 def _rank(rank, folder, scenario):
     try:
         dist.init_process_group(
@@ -89,6 +119,8 @@ def _rank(rank, folder, scenario):
         model = make_mlp()
         if scenario == "same":
             result = compute(model, data, WORLD * PER_RANK)
+        elif scenario == "shared":
+            result = shared_lowrank(model, data, WORLD * PER_RANK)
         elif scenario == "disk":
             store = Path(folder) / f"gradients-of-rank{rank}"
             result = on_disk(model, data, WORLD * PER_RANK, store)
@@ -133,6 +165,36 @@ def test_two_ranks_equal_one_process_on_the_concatenated_samples(tmp_path):
 
 
 @pytest.mark.slow
+def test_low_rank_blocks_are_shared_out_and_answer_as_one_process(tmp_path):
+    """Each rank holds the columns of its own blocks only (together: every column once), and
+    every forward, inverse and per-block question, and pruning with summed and group OBS
+    updates, equals one process holding all of G."""
+    results = run(tmp_path, "shared")
+    for status, value in results:
+        assert status == "ok", value
+    _, (x, y) = shards()
+    model = make_mlp()
+    single = shared_lowrank(model, loader(x, y), WORLD * PER_RANK)
+    dim = ParameterLayout.from_model(model, block_size=7).dim
+    held = [ranked["held_columns"] for _, ranked in results]
+    assert sum(held) == dim and all(0 < h < dim for h in held)
+    owned = [ranked["owned"] for _, ranked in results]
+    assert owned[0] + owned[1] == single["owned"]  # contiguous shares, in rank order
+    for _, ranked in results:
+        for key, value in single.items():
+            if key.startswith(("masks", "weights")):
+                for name, tensor in value.items():
+                    if key.startswith("masks"):
+                        assert torch.equal(ranked[key][name], tensor), (key, name)
+                    else:
+                        torch.testing.assert_close(
+                            ranked[key][name], tensor, rtol=1e-10, atol=1e-14
+                        )
+            elif isinstance(value, torch.Tensor):
+                torch.testing.assert_close(ranked[key], value, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.slow
 def test_ranks_that_disagree_get_a_clear_error_each(tmp_path):
     results = run(tmp_path, "disagree")
     for status, value in results:
@@ -142,8 +204,9 @@ def test_ranks_that_disagree_get_a_clear_error_each(tmp_path):
 
 @pytest.mark.slow
 def test_two_ranks_with_the_gradients_on_disk_equal_one_process_in_memory(tmp_path):
-    """Each rank writes its rows into its own file, then receives the other's: the file holds
-    all m rows in rank order and is removed afterwards."""
+    """Each rank writes its rows into a file, then receives every rank's rows in its own
+    blocks' columns into a second: that file holds all m rows in rank order, and both are
+    removed afterwards."""
     results = run(tmp_path, "disk")
     for status, value in results:
         assert status == "ok", value

@@ -64,6 +64,25 @@ def test_layer_rows_follow_the_cost_model_by_hand(mlp):
     )
 
 
+def test_a_rank_plans_its_share_of_shared_out_low_rank_blocks(mlp):
+    """Over w ranks a rank holds its m/w rows and every rank's rows in its d/w columns (2md/w
+    bytes) and does 1/w of the low-rank flops; dense blocks are all-reduced whole."""
+    m, w = 16, 4
+    lowrank = PruningSettings("woodfisher", num_samples=m, block_size="layer",
+                              representation="lowrank")  # fmt: skip
+    one, four = (
+        wfexplore.plan(mlp, lowrank, max_memory_gb=1.0, world_size=n).layers.set_index("parameter")
+        for n in (1, w)
+    )
+    assert four.loc["0.weight", "gradient_bytes"] == 2 * m * 30 * 8 // w
+    assert four.loc["0.weight", "flops"] == pytest.approx((15 / 8 * m * m * 30 + m**3) / w)
+    assert one.loc["0.weight", "gradient_bytes"] == m * 30 * 8
+    dense = PruningSettings("woodfisher", num_samples=m, block_size=8, representation="dense")
+    planned = [wfexplore.plan(mlp, dense, max_memory_gb=1.0, world_size=n) for n in (1, w)]
+    assert planned[0].layers["curvature_bytes"].equals(planned[1].layers["curvature_bytes"])
+    assert planned[0].layers["flops"].equals(planned[1].layers["flops"])
+
+
 @pytest.mark.parametrize(("block", "expected"), [(512, "lowrank"), (128, "dense")])
 def test_auto_takes_the_cheaper_representation(block, expected):
     """At m = 256, low-rank is cheaper for blocks of 512 (m ≪ B) and dense for blocks of 128."""

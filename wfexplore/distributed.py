@@ -5,17 +5,22 @@ When a process group is initialised (``torch.distributed.init_process_group``, e
 ``torchrun``), each rank passes its own shard of the data, as with a ``DistributedSampler``;
 m is the total over ranks and each rank takes m / world_size samples from its shard. Sums
 (Fisher diagonals, dense Gram blocks, K-FAC factors, evaluation totals) are all-reduced;
-gradient rows that a representation holds are all-gathered in rank order (into memory, or
-chunk by chunk into each rank's own gradient file on disk). Every rank then
-holds the same curvature as one process given the ranks' samples concatenated in rank
-order, so every later step — saliencies, global selection, masks, updates — is the same
-on every rank. Collectives run on the group's device (CPU tensors for gloo, CUDA for NCCL)
-and time out with the group's timeout, so that a failing rank cannot hang the others.
+gradient rows that the Woodbury recursion holds are all-gathered in rank order. Low-rank
+blocks are shared out: each rank owns a contiguous share of the blocks and receives, by
+all-to-all, the columns of every rank's rows that its blocks need (into memory, or window by
+window into its own gradient file on disk); a question about a block is answered by its owner
+and broadcast, one about the whole vector (diag C⁻¹, C⁻¹v) is answered by every rank for its
+blocks and all-reduced. Every rank then answers as one process given the ranks' samples
+concatenated in rank order, so every later step — saliencies, global selection, masks,
+updates — is the same on every rank. Collectives run on the group's device (CPU tensors for
+gloo, CUDA for NCCL) and time out with the group's timeout, so that a failing rank cannot hang
+the others.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 
 import torch
@@ -79,6 +84,26 @@ class Ranks:
         parts = [torch.empty_like(work) for _ in range(self.size)]
         dist.all_gather(parts, work, group=self.group)
         return [part.to(tensor.device) for part in parts]
+
+    def exchange(self, parts: list[torch.Tensor], shape: tuple[int, ...]) -> list[torch.Tensor]:
+        """All-to-all: ``parts[r]`` goes to rank r; returns what each rank sent to this one (a
+        ``shape`` tensor from every rank, in rank order), on the device of ``parts``."""
+        device, dtype = parts[0].device, parts[0].dtype
+        send = torch.cat([p.reshape(-1) for p in parts]).to(self._device())
+        each = math.prod(shape)
+        received = torch.empty(each * self.size, dtype=dtype, device=self._device())
+        dist.all_to_all_single(
+            received, send, [each] * self.size, [p.numel() for p in parts], group=self.group
+        )
+        return [r.reshape(shape).to(device) for r in received.split(each)]
+
+    def broadcast_(self, tensor: torch.Tensor, owner: int) -> torch.Tensor:
+        """``tensor`` of rank ``owner`` (a rank of the group) written into every rank's."""
+        work = tensor.contiguous().to(self._device())
+        dist.broadcast(work, group=self.group, group_src=owner)
+        if work is not tensor:
+            tensor.copy_(work)
+        return tensor
 
     def gather_rows(self, rows: torch.Tensor) -> torch.Tensor:
         """The ranks' ``(n, …)`` row blocks stacked in rank order (every rank the same n)."""

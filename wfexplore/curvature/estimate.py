@@ -86,8 +86,8 @@ def from_gradients(
     a folder path, or ``"auto"``: on disk when it would not fit ``max_memory_gb`` in memory
     but does on disk (:class:`~.lowrank.GradientStore`; the other representations stream G
     or, the recursion, hold it in memory). With ``ranks`` the gradients are this rank's
-    share: sums are all-reduced and held rows all-gathered (in memory, or for low-rank
-    blocks on disk into each rank's own gradient file).
+    share: sums are all-reduced, the recursion's rows all-gathered, and low-rank blocks
+    shared out between the ranks (:meth:`.lowrank.GradientStore.combine`).
     """
     gradient_store = check_gradient_store(gradient_store)
     if isinstance(gradients, torch.Tensor):
@@ -172,7 +172,8 @@ def estimate_curvature(
     ``num_samples / world_size`` samples from it; the result, the same on every rank, is
     that of one process given the ranks' samples concatenated in rank order
     (:mod:`wfexplore.distributed`). ``fisher="true"`` then draws labels with seed + rank.
-    Low-rank blocks then hold G in memory (a gradient store on disk is refused).
+    Low-rank blocks are then shared out: each rank holds every rank's rows in the columns of
+    its own blocks (:class:`~.lowrank.LowRankCurvature`), and the operations are collective.
     """
     one_of(representation, "representation", (*REPRESENTATIONS, "auto"))
     if layout is None:
@@ -189,7 +190,7 @@ def estimate_curvature(
     gradient_store = check_gradient_store(gradient_store)
     representation, gradient_store = _planned_choice(
         model, data, layout, representation, num_samples, batch_size, max_memory_gb,
-        gradient_store, planned,
+        gradient_store, planned, 1 if ranks is None else ranks.size,
     )  # fmt: skip
     local = num_samples
     if ranks is not None:
@@ -231,8 +232,9 @@ def estimate_curvature(
 
 
 def _planned_choice(
-    model, data, layout, representation, num_samples, batch_size, budget_gb, store, planned
-) -> tuple[str, str]:
+    model, data, layout, representation, num_samples, batch_size, budget_gb, store, planned,
+    world_size,
+) -> tuple[str, str]:  # fmt: skip
     """The representation (``"auto"``: the cheaper of dense and low-rank blocks among those
     whose whole peak fits, as :func:`wfexplore.plan` judges) and where G goes; the plan is
     checked here unless the caller ``planned`` the work already."""
@@ -244,7 +246,8 @@ def _planned_choice(
             if not activations:
                 activations.append(_activations(model, data))
             plans[representation] = _plan(model, layout, representation, num_samples,
-                                          batch_size, budget_gb, store, activations[0])  # fmt: skip
+                                          batch_size, budget_gb, store, activations[0],
+                                          world_size)  # fmt: skip
         return plans[representation]
 
     if representation == "auto":
@@ -256,9 +259,12 @@ def _planned_choice(
     return representation, store
 
 
-def _plan(model, layout, representation, num_samples, batch_size, budget_gb, store, activations):
-    """The plan of the work, made before any gradient (its G placed by ``store``; one
-    example's ``activations`` bytes)."""
+def _plan(
+    model, layout, representation, num_samples, batch_size, budget_gb, store, activations,
+    world_size,
+):  # fmt: skip
+    """The plan of the work on one of ``world_size`` ranks, made before any gradient (its G
+    placed by ``store``; one example's ``activations`` bytes)."""
     first = next(model.parameters())
     return plan_curvature(
         layout,
@@ -270,6 +276,7 @@ def _plan(model, layout, representation, num_samples, batch_size, budget_gb, sto
         activation_bytes=activations,
         batch_size=batch_size,
         gradient_store=store,
+        world_size=world_size,
     )
 
 

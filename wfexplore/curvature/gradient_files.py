@@ -104,6 +104,14 @@ class HeldGradients:
         self.rows[self.filled : stop] = chunk
         self.filled = stop
 
+    def write_rows(self, start: int, chunk: torch.Tensor) -> None:
+        """Rows start … start + c − 1 from ``chunk`` (c, d) (each row once)."""
+        self.rows[start : start + chunk.shape[0]] = chunk
+        self.filled += chunk.shape[0]
+
+    def read_rows(self, start: int, stop: int) -> torch.Tensor:
+        return self.rows[start:stop]
+
     def read(self, start: int, stop: int, out: torch.Tensor) -> None:
         out.copy_(self.rows[:, start:stop])
 

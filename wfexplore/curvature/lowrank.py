@@ -16,6 +16,10 @@ is recomputed from G whenever it is needed (one pass over the block's columns,
 Products with G_B run in ``dtype`` (float64 by default) over column chunks. The two
 O(m²d) products, G_B G_Bᵀ and L_B⁻¹ G_B, skip the blocks of rows that symmetry or
 triangularity make redundant, about 5/8 of the work of plain matrix products.
+
+Under ``torch.distributed`` the blocks are shared out (:func:`block_shares`): each rank holds
+the m rows of G only in the columns of its own blocks (d / world_size of them), with their
+factors; the ranks answer every question together (see :class:`LowRankCurvature`).
 """
 
 from __future__ import annotations
@@ -47,6 +51,13 @@ class LowRankCurvature(Curvature):
     ``gradients`` is G: a (m, d) tensor, or G held by :mod:`.gradient_files` (in memory, or a
     :class:`~.gradient_files.GradientFile` on disk); ``self.gradients`` is what was given.
     ``max_factor_bytes`` (None: no limit) bounds the kept Cholesky factors.
+
+    With ``ranks`` and ``shares`` (the blocks each rank owns, :func:`block_shares`),
+    ``gradients`` holds only the columns of this rank's blocks, and every operation is a
+    collective: each rank answers for its blocks, and whole vectors (``diag``, ``mv``,
+    ``inverse_diag``, ``inverse_mv``) are all-reduced while a block's columns come from its
+    owner by broadcast. Every rank must then ask the same questions in the same order, as the
+    pruning functions do.
     """
 
     kind = "lowrank"
@@ -59,11 +70,23 @@ class LowRankCurvature(Curvature):
         *,
         dtype: torch.dtype = torch.float64,
         max_factor_bytes: int | None = None,
+        ranks: Ranks | None = None,
+        shares: list[range] | None = None,
     ):
         super().__init__(layout)
-        if len(gradients.shape) != 2 or gradients.shape[1] != layout.dim:
+        if (ranks is None) != (shares is None):
+            raise ValueError("ranks and shares: give both (blocks shared out) or neither")
+        self.ranks = ranks
+        self.owned = range(layout.num_blocks) if shares is None else shares[ranks.rank]
+        self._owner = [0] * layout.num_blocks
+        for rank, share in enumerate(shares or []):
+            for block in share:
+                self._owner[block] = rank
+        self._blocks = [layout.blocks[i] for i in self.owned]
+        self._first, width = _column_span(layout, self.owned)
+        if len(gradients.shape) != 2 or gradients.shape[1] != width:
             raise ValueError(
-                f"gradients: expected shape (m, {layout.dim}), got {tuple(gradients.shape)}"
+                f"gradients: expected shape (m, {width}), got {tuple(gradients.shape)}"
             )
         self.gradients = gradients
         self._source = (
@@ -72,7 +95,7 @@ class LowRankCurvature(Curvature):
         self.num_samples = gradients.shape[0]
         self.dtype = dtype
         self.max_factor_bytes = max_factor_bytes
-        largest = max(b.size for b in layout.blocks)
+        largest = max((b.size for b in self._blocks), default=1)
         self._columns = max(1, min(COLUMN_CHUNK_BYTES // (8 * self.num_samples), largest))
         self._buffers = [
             torch.empty(self.num_samples, self._columns, dtype=dtype, device=self.device)
@@ -81,8 +104,8 @@ class LowRankCurvature(Curvature):
         self._factor_damping: float | None = None
         m = self.num_samples
         each = m * m * dtype.itemsize
-        room = layout.num_blocks if max_factor_bytes is None else max_factor_bytes // each
-        self._kept = KeptFactors(min(layout.num_blocks, room), (m, m), dtype, self.device)
+        room = len(self.owned) if max_factor_bytes is None else max_factor_bytes // each
+        self._kept = KeptFactors(min(len(self.owned), room), (m, m), dtype, self.device)
 
     @property
     def device(self) -> torch.device:
@@ -90,27 +113,32 @@ class LowRankCurvature(Curvature):
 
     # --- forward ---------------------------------------------------------------------------
     def diag(self) -> torch.Tensor:
-        out = torch.empty(self.dim, dtype=self.dtype, device=self.device)
-        for start, stop in self._column_chunks(0, self.dim):
-            out[start:stop] = self._cols(start, stop).pow(2).sum(0) / self.num_samples
-        return out
+        out = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
+        for b in self._blocks:
+            for start, stop in self._column_chunks(b.start, b.stop):
+                out[start:stop] = self._cols(start, stop).pow(2).sum(0) / self.num_samples
+        return self._summed(out)
 
     def mv(self, vector: torch.Tensor) -> torch.Tensor:
         vector = vector.to(dtype=self.dtype, device=self.device)
-        out = torch.empty_like(vector)
-        for b in self.layout.blocks:
+        out = torch.zeros_like(vector)
+        for b in self._blocks:
             gv = self._times(b.start, b.stop, vector[b.start : b.stop, None])
             part = out[b.start : b.stop].unsqueeze(1)  # a view: written in place
             self._transpose_times(b.start, b.stop, gv / self.num_samples, part)
-        return out
+        return self._summed(out)
 
     def columns(self, block: int, positions: Positions) -> torch.Tensor:
         b = self.layout.blocks[block]
         positions = torch.as_tensor(positions, dtype=torch.long, device=self.device)
-        chosen = self._select(b.start + positions)  # (m, k)
-        cols = torch.empty(b.size, len(positions), dtype=self.dtype, device=self.device)
-        self._transpose_times(b.start, b.stop, chosen / self.num_samples, cols)
-        return cols
+
+        def owned() -> torch.Tensor:
+            chosen = self._select(b.start + positions)  # (m, k)
+            cols = torch.empty(b.size, len(positions), dtype=self.dtype, device=self.device)
+            self._transpose_times(b.start, b.stop, chosen / self.num_samples, cols)
+            return cols
+
+        return self._answered(block, owned, (b.size, len(positions)))
 
     def block(self, index: int) -> torch.Tensor:
         b = self.layout.blocks[index]
@@ -119,51 +147,65 @@ class LowRankCurvature(Curvature):
                 f"block {index} has {b.size} weights; a dense copy is only made for blocks of at "
                 f"most {DISPLAY_BLOCK_LIMIT}; use a layout with a smaller block_size for display"
             )
-        g = torch.empty(self.num_samples, b.size, dtype=self.dtype, device=self.device)
-        self._source.read(b.start, b.stop, g)
-        return g.T @ g / self.num_samples
+
+        def owned() -> torch.Tensor:
+            g = torch.empty(self.num_samples, b.size, dtype=self.dtype, device=self.device)
+            self._source.read(b.start - self._first, b.stop - self._first, g)
+            return g.T @ g / self.num_samples
+
+        return self._answered(index, owned, (b.size, b.size))
 
     # --- inverse ---------------------------------------------------------------------------
     def _inverse_diag(self, damping: float) -> torch.Tensor:
-        out = torch.empty(self.dim, dtype=self.dtype, device=self.device)
+        out = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
         eye = torch.eye(self.num_samples, dtype=self.dtype, device=self.device)
-        for b in self.layout.blocks:
+        for b in self._blocks:
             chol_inv = torch.linalg.solve_triangular(
                 self.factor(b.index, damping), eye, upper=False
             )
             for start, stop in self._column_chunks(b.start, b.stop):
                 w = _lower_times(chol_inv, self._cols(start, stop), self._buffers[1])
                 out[start:stop] = (1.0 - w.square_().sum(0)) / damping
-        return out
+        return self._summed(out)
 
     def _inverse_mv(self, vector: torch.Tensor, damping: float) -> torch.Tensor:
         vector = vector.to(dtype=self.dtype, device=self.device)
-        out = torch.empty_like(vector)
-        for b in self.layout.blocks:
+        out = torch.zeros_like(vector)
+        for b in self._blocks:
             v = vector[b.start : b.stop]
             gv = self._times(b.start, b.stop, v[:, None])
             s = torch.cholesky_solve(gv, self.factor(b.index, damping))
             gts = torch.empty(b.size, 1, dtype=self.dtype, device=self.device)
             self._transpose_times(b.start, b.stop, s, gts)
             out[b.start : b.stop] = (v - gts[:, 0]) / damping
-        return out
+        return self._summed(out)
 
     def _inverse_columns(self, block: int, positions: Positions, damping: float) -> torch.Tensor:
         b = self.layout.blocks[block]
         positions = torch.as_tensor(positions, dtype=torch.long, device=self.device)
-        chosen = self._select(b.start + positions)  # (m, k)
-        s = torch.cholesky_solve(chosen, self.factor(block, damping))
-        cols = torch.empty(b.size, len(positions), dtype=self.dtype, device=self.device)
-        self._transpose_times(b.start, b.stop, -s, cols)
-        cols[positions, torch.arange(len(positions), device=cols.device)] += 1.0
-        return cols / damping
+
+        def owned() -> torch.Tensor:
+            chosen = self._select(b.start + positions)  # (m, k)
+            s = torch.cholesky_solve(chosen, self.factor(block, damping))
+            cols = torch.empty(b.size, len(positions), dtype=self.dtype, device=self.device)
+            self._transpose_times(b.start, b.stop, -s, cols)
+            cols[positions, torch.arange(len(positions), device=cols.device)] += 1.0
+            return cols / damping
+
+        return self._answered(block, owned, (b.size, len(positions)))
 
     def memory_bytes(self) -> int:
         return self._source.memory_bytes() + self._kept.memory_bytes()
 
     def factor(self, block: int, damping: float) -> torch.Tensor:
         """The Cholesky factor L_B of K_B = mλI + G_B G_Bᵀ for block ``block``: kept for the
-        last λ asked for while the kept ones fit in ``max_factor_bytes``, else recomputed."""
+        last λ asked for while the kept ones fit in ``max_factor_bytes``, else recomputed
+        (only for this rank's own blocks when they are shared out)."""
+        if block not in self.owned:
+            raise ValueError(
+                f"block {block}: its gradient columns are held by rank {self._owner[block]}, "
+                f"not by rank {self.ranks.rank}; ask for its factor there"
+            )
         lam = self.absolute_damping(damping)
         if lam != self._factor_damping:
             self._kept.clear()  # one λ at a time
@@ -178,8 +220,8 @@ class LowRankCurvature(Curvature):
         return chol
 
     def factors(self, damping: float) -> dict[int, torch.Tensor]:
-        """Every block's factor for λ computed once; those kept (block → L_B)."""
-        for b in self.layout.blocks:
+        """Every (own) block's factor for λ computed once; those kept (block → L_B)."""
+        for b in self._blocks:
             self.factor(b.index, damping)
         return self._kept.as_dict()
 
@@ -190,9 +232,25 @@ class LowRankCurvature(Curvature):
         self._source.close()
 
     # --- helpers -------------------------------------------------------------------------
+    def _summed(self, out: torch.Tensor) -> torch.Tensor:
+        """A whole vector that each rank filled for its own blocks (zeros elsewhere)."""
+        return out if self.ranks is None else self.ranks.sum_(out)
+
+    def _answered(self, block: int, owned, shape: tuple[int, int]) -> torch.Tensor:
+        """``owned()``, computed by the rank that holds ``block`` and broadcast to the others."""
+        if self.ranks is None:
+            return owned()
+        owner = self._owner[block]
+        if owner == self.ranks.rank:
+            out = owned()
+        else:
+            out = torch.empty(shape, dtype=self.dtype, device=self.device)
+        return self.ranks.broadcast_(out, owner)
+
     def _select(self, columns: torch.Tensor) -> torch.Tensor:
         """G[:, columns] in ``dtype`` on the device."""
-        return self._source.select(columns).to(dtype=self.dtype, device=self.device)
+        held = self._source.select(columns - self._first)
+        return held.to(dtype=self.dtype, device=self.device)
 
     def _gram(self, start: int, stop: int) -> torch.Tensor:
         m = self.num_samples
@@ -216,12 +274,38 @@ class LowRankCurvature(Curvature):
     def _cols(self, start: int, stop: int) -> torch.Tensor:
         """G[:, start:stop] in ``dtype``, in a reused buffer (valid until the next call)."""
         cols = self._buffers[0][:, : stop - start]
-        self._source.read(start, stop, cols)
+        self._source.read(start - self._first, stop - self._first, cols)
         return cols
 
     def _column_chunks(self, start: int, stop: int):
         for a in range(start, stop, self._columns):
             yield a, min(a + self._columns, stop)
+
+
+def block_shares(layout: ParameterLayout, size: int, num_samples: int) -> list[range]:
+    """The blocks each of ``size`` ranks owns: contiguous runs of about equal work, a block of
+    s weights costing ≈ (9/4)m²s + m³/3 flops (its Gram matrix, Cholesky factor and inverse
+    diagonal)."""
+    m = num_samples
+    costs = [2.25 * m * m * b.size + m**3 / 3 for b in layout.blocks]
+    total, shares, first, done = sum(costs), [], 0, 0.0
+    for index, cost in enumerate(costs):
+        done += cost
+        while len(shares) < size - 1 and done >= total * (len(shares) + 1) / size:
+            shares.append(range(first, index + 1))
+            first = index + 1
+    shares.append(range(first, layout.num_blocks))
+    while len(shares) < size:
+        shares.append(range(layout.num_blocks, layout.num_blocks))
+    return shares
+
+
+def _column_span(layout: ParameterLayout, blocks: range) -> tuple[int, int]:
+    """The first flat column of ``blocks`` (contiguous) and how many columns they cover."""
+    if not blocks:
+        return 0, 0
+    first = layout.blocks[blocks.start].start
+    return first, layout.blocks[blocks.stop - 1].stop - first
 
 
 SLAB_BYTES = 256 * 2**20
@@ -280,7 +364,10 @@ class GradientStore:
     ``gradient_store`` asks for it (``"disk"`` or a folder) or, with ``"auto"``, when what
     low-rank blocks hold would be over ``max_memory_gb`` with G in memory but not with G on
     disk (:func:`~.plan.gradients_on_disk`). The kept factors of the low-rank blocks made
-    from it are bounded by :func:`~.plan.factor_budget_bytes` of ``max_memory_gb``."""
+    from it are bounded by :func:`~.plan.factor_budget_bytes` of ``max_memory_gb``.
+
+    Under ``torch.distributed`` this rank's rows are collected first, then :meth:`combine`
+    shares the blocks out; :meth:`gather` instead gives every rank all of G in memory."""
 
     def __init__(
         self,
@@ -294,8 +381,8 @@ class GradientStore:
         **_,
     ):
         self.layout, self.dtype, self.num_samples = layout, dtype, num_samples
-        self.ranks = ranks
-        self._written = 0  # this rank's rows written to a gradient file of every rank's rows
+        self.ranks = ranks  # those the rows come from (each rank's m rows)
+        self.shares: list[range] | None = None  # the blocks of each rank, once combined
         self.budget_bytes = max_memory_gb * 2**30
         self.gradient_store = check_gradient_store(gradient_store)
         if num_samples is None and wants_disk(gradient_store):
@@ -314,12 +401,6 @@ class GradientStore:
             self.rows = self._allocate(chunk)
             if self.rows.filled:
                 return  # G given whole: held, not copied
-        if self.ranks is not None and isinstance(self.rows, GradientFile):
-            if self._written + chunk.shape[0] > self.num_samples:
-                raise ValueError(f"gradients: more than num_samples={self.num_samples} rows")
-            self.rows.write_rows(self.ranks.rank * self.num_samples + self._written, chunk)
-            self._written += chunk.shape[0]
-            return
         self.rows.append(chunk)
 
     def matrix(self, num_samples: int | None) -> torch.Tensor | GradientFile:
@@ -332,11 +413,19 @@ class GradientStore:
             )
         return self.rows.rows if isinstance(self.rows, HeldGradients) else self.rows
 
+    def gather(self, ranks: Ranks) -> None:
+        """The ranks' rows, gathered in rank order: every rank then holds all of G in memory."""
+        local = self.matrix(None)
+        self.chunks, self.rows, self.num_samples = [ranks.gather_rows(local)], None, None
+
     def combine(self, ranks: Ranks) -> None:
-        """The ranks' rows, gathered in rank order: every rank then holds all of G, in memory
-        or in its own gradient file (whose rows of the other ranks are written here, a few
-        rows of every rank per all-gather)."""
-        on_disk = isinstance(self.rows, GradientFile)
+        """Share the blocks out (:func:`block_shares`): each rank receives, by all-to-all a
+        few rows at a time, every rank's rows in the columns of its own blocks, stacked in
+        rank order, into memory or into a new gradient file of its own; this rank's rows are
+        then released."""
+        self.matrix(None)  # every row of this rank given
+        local = self.rows if self.rows is not None else HeldGradients(torch.cat(self.chunks))
+        on_disk = isinstance(local, GradientFile)
         if ranks.sum_numbers(float(on_disk))[0] not in (0, ranks.size):
             raise ValueError(
                 f"gradient_store: rank {ranks.rank} holds the gradients "
@@ -344,21 +433,26 @@ class GradientStore:
                 "budgets or free disk differ); pass the same gradient_store='memory' or 'disk' "
                 "on every rank"
             )
-        if not on_disk:
-            local = self.matrix(None)
-            self.chunks, self.rows, self.num_samples = [ranks.gather_rows(local)], None, None
-            return
-        n, file = self.num_samples, self.rows
-        if self._written != n:
-            raise ValueError(f"gradients: {self._written} rows given but num_samples={n}")
-        step = max(1, WINDOW_BYTES // (ranks.size * file.dim * file.itemsize))
+        n, d = local.shape
+        m = n * ranks.size
+        shares = block_shares(self.layout, ranks.size, m)
+        spans = [_column_span(self.layout, share) for share in shares]
+        spans = [(first, first + width) for first, width in spans]
+        a, z = spans[ranks.rank]
+        if on_disk:
+            own = GradientFile(m, z - a, local.dtype, folder=self._folder(), device=local.device)
+        else:
+            own = HeldGradients.empty(m, z - a, local.dtype, local.device)
+        step = max(1, WINDOW_BYTES // (d * local.dtype.itemsize))
         for i in range(0, n, step):
             j = min(i + step, n)
-            mine = file.read_rows(ranks.rank * n + i, ranks.rank * n + j)
-            for rank, rows in enumerate(ranks.gather(mine)):
-                if rank != ranks.rank:
-                    file.write_rows(rank * n + i, rows)
-        self.num_samples = n * ranks.size
+            mine = local.read_rows(i, j)
+            parts = [mine[:, first:stop] for first, stop in spans]
+            for rank, rows in enumerate(ranks.exchange(parts, (j - i, z - a))):
+                own.write_rows(rank * n + i, rows)
+        local.close()
+        self.chunks, self.rows, self.num_samples = [], own, m
+        self.ranks, self.shares = ranks, shares
 
     def finish(self, num_samples: int) -> LowRankCurvature:
         return LowRankCurvature(
@@ -366,25 +460,29 @@ class GradientStore:
             self.matrix(num_samples),
             dtype=self.dtype,
             max_factor_bytes=factor_budget_bytes(self.budget_bytes),
+            ranks=self.ranks if self.shares is not None else None,
+            shares=self.shares,
         )
 
     def _allocate(self, chunk: torch.Tensor) -> HeldGradients | GradientFile:
         m, d = self.num_samples, chunk.shape[1]
         whole = chunk.shape[0] == m
         if self._on_disk(chunk.element_size(), whole):
-            folder = None if self.gradient_store in ("auto", "disk") else self.gradient_store
-            rows = m * (1 if self.ranks is None else self.ranks.size)  # every rank's rows
-            return GradientFile(rows, d, chunk.dtype, folder=folder, device=chunk.device)
+            return GradientFile(m, d, chunk.dtype, folder=self._folder(), device=chunk.device)
         if whole:
             return HeldGradients(chunk)
         return HeldGradients.empty(m, d, chunk.dtype, chunk.device)
 
+    def _folder(self):
+        return None if self.gradient_store in ("auto", "disk") else self.gradient_store
+
     def _on_disk(self, itemsize: int, whole: bool) -> bool:
         if self.gradient_store == "auto":  # G given whole is in memory already
-            m = self.num_samples * (1 if self.ranks is None else self.ranks.size)
+            world = 1 if self.ranks is None else self.ranks.size
             return not whole and gradients_on_disk(
-                "auto", self.layout, m, itemsize, self.budget_bytes
-            )
+                "auto", self.layout, self.num_samples * world, itemsize, self.budget_bytes,
+                world_size=world,
+            )  # fmt: skip
         return wants_disk(self.gradient_store)
 
 

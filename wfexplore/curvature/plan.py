@@ -105,6 +105,22 @@ def gradient_bytes(num_samples: int, numel: int, itemsize: int) -> int:
     return num_samples * numel * itemsize
 
 
+def rank_gradient_bytes(
+    representation: str, num_samples: int, numel: int, itemsize: int, world_size: int = 1,
+    hold: bool = False,
+) -> int:  # fmt: skip
+    """Bytes of G (m × ``numel``) one rank holds at its peak: all of it, in one process or
+    for the Woodbury recursion (all-gathered); low-rank blocks shared out over w ranks: the
+    rank's m/w rows beside every rank's rows in its d/w columns, 2md/w; rows held for a sweep
+    (``hold``) with other representations: the rank's m/w."""
+    whole = gradient_bytes(num_samples, numel, itemsize)
+    if world_size == 1 or representation == "woodbury":
+        return whole
+    if representation == "lowrank":
+        return -(-2 * whole // world_size)
+    return -(-whole // world_size) if hold else 0
+
+
 def buffer_bytes(representation: str, layout: ParameterLayout, num_samples: int) -> int:
     """Low-rank blocks work through two float64 column buffers of m × c (c ≤ the largest block,
     and m·c·8 ≤ ``COLUMN_CHUNK_BYTES``); the others hold none."""
@@ -132,12 +148,15 @@ def kept_factor_blocks(layout: ParameterLayout, num_samples: int, budget_bytes: 
 
 
 def lowrank_bytes(
-    layout: ParameterLayout, num_samples: int, itemsize: int, budget_bytes: float, on_disk: bool
-) -> int:
-    """What low-rank blocks hold at their peak: G unless it is on disk, the kept factors, the
-    column buffers and, for G on disk, the file's read window."""
+    layout: ParameterLayout, num_samples: int, itemsize: int, budget_bytes: float, on_disk: bool,
+    world_size: int = 1,
+) -> int:  # fmt: skip
+    """What low-rank blocks hold at their peak on one of ``world_size`` ranks: G unless it is
+    on disk (:func:`rank_gradient_bytes`), the kept factors, the column buffers and, for G on
+    disk, the file's read window."""
     m, d = num_samples, layout.dim
-    held = window_bytes(m, d, itemsize) if on_disk else gradient_bytes(m, d, itemsize)
+    in_memory = rank_gradient_bytes("lowrank", m, d, itemsize, world_size)
+    held = window_bytes(m, d, itemsize) if on_disk else in_memory
     factors = FLOAT64 * m * m * kept_factor_blocks(layout, m, budget_bytes)
     return held + factors + buffer_bytes("lowrank", layout, m)
 
@@ -149,22 +168,25 @@ def gradients_on_disk(
     itemsize: int,
     budget_bytes: float,
     other_bytes: int = 0,
+    world_size: int = 1,
 ) -> bool:
     """Whether low-rank blocks write G to disk: asked for (``"disk"`` or a folder), or, with
-    ``"auto"``, when ``other_bytes`` plus what they hold is over the budget with G in memory,
-    within it with G on disk, and the folder has room for G."""
+    ``"auto"``, when ``other_bytes`` plus what they hold (on one of ``world_size`` ranks) is
+    over the budget with G in memory, within it with G on disk, and the folder has room for
+    G."""
     if gradient_store != "auto":
         return wants_disk(gradient_store)
     m = num_samples
     if not m:
         return False
     in_memory, on_disk = (
-        other_bytes + lowrank_bytes(layout, m, itemsize, budget_bytes, disk)
+        other_bytes + lowrank_bytes(layout, m, itemsize, budget_bytes, disk, world_size)
         for disk in (False, True)
     )
     if in_memory <= budget_bytes or on_disk > budget_bytes:
         return False
-    return gradient_bytes(m, layout.dim, itemsize) <= free_disk_bytes(store_folder("auto"))
+    needed = rank_gradient_bytes("lowrank", m, layout.dim, itemsize, world_size)
+    return needed <= free_disk_bytes(store_folder("auto"))
 
 
 def refactor_flops(num_samples: int, size: int) -> float:
@@ -323,6 +345,7 @@ def plan_curvature(
     batch_size: int = 1,
     gradient_store="auto",
     evaluations: int = 0,
+    world_size: int = 1,
 ) -> Plan:
     """The plan of one curvature on ``layout``: per-layer bytes and flops, and the peak of a
     run that holds it (``model_bytes`` of parameters, copied ``MODEL_COPIES`` times; one chunk
@@ -332,7 +355,9 @@ def plan_curvature(
     per-example gradients of one chunk keep alive (``ACTIVATION_COPIES`` per example).
     ``gradient_store`` (``"auto"``, ``"memory"``, ``"disk"`` or a folder) places the G of
     low-rank blocks (:func:`gradients_on_disk`); ``evaluations`` passes over the evaluation
-    data follow."""
+    data follow. Under ``torch.distributed`` the plan is one rank's of ``world_size``: its
+    share of G (:func:`rank_gradient_bytes`) and, for low-rank blocks shared out, its share
+    of the flops."""
     options = {
         "itemsize": itemsize,
         "model_bytes": model_bytes,
@@ -341,6 +366,7 @@ def plan_curvature(
         "hold": hold_gradients,
         "activation_bytes": activation_bytes,
         "batch_size": batch_size,
+        "world_size": world_size,
     }
     result = _plan(layout, representation, num_samples, gradient_store, **options)
     if not result.fits and num_samples and not hold_gradients and representation in (
@@ -356,14 +382,14 @@ def plan_curvature(
 
 
 def _plan(layout, representation, m, gradient_store, *, budget_bytes, hold, **options) -> Plan:
-    itemsize = options["itemsize"]
+    itemsize, world = options["itemsize"], options["world_size"]
     base = _base_bytes(layout, m, **options)
     on_disk = (
         representation == "lowrank"
         and not hold
-        and gradients_on_disk(gradient_store, layout, m, itemsize, budget_bytes, base)
+        and gradients_on_disk(gradient_store, layout, m, itemsize, budget_bytes, base, world)
     )
-    rows = _layer_rows(layout, representation, m, itemsize, hold, on_disk, budget_bytes)
+    rows = _layer_rows(layout, representation, m, itemsize, hold, on_disk, budget_bytes, world)
     layers = pd.DataFrame(rows)
     fixed = base + buffer_bytes(representation, layout, m)
     fixed += window_bytes(m, layout.dim, itemsize) if on_disk else 0
@@ -395,9 +421,9 @@ def _base_bytes(layout, m, *, itemsize, model_bytes, activation_bytes, batch_siz
     return MODEL_COPIES * model_bytes + chunk + VECTORS * FLOAT64 * layout.dim
 
 
-def _layer_rows(layout, representation, m, itemsize, hold, on_disk, budget_bytes) -> list:
-    """One row per parameter; low-rank blocks keep the factors of the first
-    :func:`kept_factor_blocks` blocks and recompute the others."""
+def _layer_rows(layout, representation, m, itemsize, hold, on_disk, budget_bytes, world) -> list:
+    """One row per parameter (on one of ``world`` ranks); low-rank blocks keep the factors of
+    the first :func:`kept_factor_blocks` blocks and recompute the others."""
     held = hold or holds_gradients(representation)
     kept = kept_factor_blocks(layout, m, budget_bytes) if representation == "lowrank" else 0
     where = "gradient store on disk" if on_disk else "in memory"
@@ -405,7 +431,9 @@ def _layer_rows(layout, representation, m, itemsize, hold, on_disk, budget_bytes
     for i, p in enumerate(layout.parameters):
         sizes = block_sizes(layout, i)
         curvature, flops = _layer_cost(representation, p, sizes, m)
-        gradients = gradient_bytes(m, p.numel, itemsize) if held else 0
+        gradients = (
+            rank_gradient_bytes(representation, m, p.numel, itemsize, world, hold) if held else 0
+        )
         row = {
             "parameter": p.name,
             "numel": p.numel,
@@ -424,6 +452,7 @@ def _layer_rows(layout, representation, m, itemsize, hold, on_disk, budget_bytes
             if keep < len(sizes):
                 row["strategy"] += f", {len(sizes) - keep} factors recomputed"
                 row["flops"] += sum(refactor_flops(m, s) for s in sizes[keep:])
+            row["flops"] /= world  # each rank works on its own share of the blocks
         rows.append(row)
     return rows
 

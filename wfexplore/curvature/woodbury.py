@@ -68,7 +68,7 @@ class WoodburyAccumulator(DenseAccumulator):
 
     def combine(self, ranks) -> None:
         super().combine(ranks)
-        self.store.combine(ranks)
+        self.store.gather(ranks)
 
     def finish(self, num_samples: int) -> WoodburyCurvature:
         dense = super().finish(num_samples)

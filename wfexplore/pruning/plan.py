@@ -41,6 +41,7 @@ def plan(
     example=None,
     gradient_store="auto",
     evaluations: int = 0,
+    world_size: int = 1,
 ) -> Plan:
     """The plan of pruning ``model`` with ``settings`` (a method name or PruningSettings).
 
@@ -51,7 +52,9 @@ def plan(
     activations of the per-example backward passes. ``gradient_store`` (``"auto"``,
     ``"memory"``, ``"disk"`` or a folder) places the gradients that low-rank blocks hold: the
     plan's ``strategy`` column and ``disk_bytes`` say where they go. ``evaluations``: the
-    passes over the evaluation data that follow (shown in the summary).
+    passes over the evaluation data that follow (shown in the summary). ``world_size``: the
+    plan is one rank's of that many under ``torch.distributed`` (its share of the gradients
+    and of the low-rank work).
     """
     if isinstance(settings, str):
         settings = PruningSettings(settings)
@@ -76,6 +79,7 @@ def plan(
             batch_size=settings.batch_size,
             gradient_store=gradient_store,
             evaluations=evaluations,
+            world_size=world_size,
         )
 
     if settings.method == "woodfisher" and representation == "auto" and m:

@@ -203,13 +203,16 @@ class RunOptions:
         return settings, planned
 
     def plan(self, model: nn.Module, settings: PruningSettings, **kwargs) -> Plan:
-        """The plan of ``settings`` on ``model`` with these options (callers check it)."""
+        """The plan of ``settings`` on ``model`` with these options (callers check it): one
+        rank's under ``torch.distributed``."""
+        ranks = self.ranks()
         return plan(
             model,
             settings,
             layout=self.layout(model, settings),
             max_memory_gb=self.max_memory_gb,
             gradient_store=self.gradient_store,
+            world_size=1 if ranks is None else ranks.size,
             **kwargs,
         )
 

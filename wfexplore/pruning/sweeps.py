@@ -395,13 +395,15 @@ class _SharedWork:
             local = ranks.share(settings.num_samples) if ranks else settings.num_samples
             if ranks is not None:
                 common["seed"] = settings.seed + ranks.rank
-            rows = gradient_samples(self.model, self.examples, self.layout, local, **common)
-            self.gradients[key] = rows if ranks is None else ranks.gather_rows(rows)
+            self.gradients[key] = gradient_samples(
+                self.model, self.examples, self.layout, local, **common
+            )
         return from_gradients(
-            self.gradients[key],
+            self.gradients[key],  # this rank's rows
             layout,
             representation,
             max_memory_gb=self.options.max_memory_gb,
+            ranks=self.options.ranks(),
         )
 
     def release(self, done: PruningSettings, all_settings: list[PruningSettings]) -> None:
