@@ -76,16 +76,33 @@ class FigureSlot:
         self.box.add_class(css_class)
 
     def draw(self, fig: go.Figure) -> go.FigureWidget:
-        """``fig``'s traces and layout in the slot's FigureWidget (layout keys that ``fig``
-        lacks are removed, as a fresh figure would not have them)."""
+        """``fig``'s traces and layout in the slot's FigureWidget, which then holds what a
+        fresh figure would (properties that ``fig`` lacks are removed). When the traces are of
+        the same types as those shown, they are changed in place in one update (the page
+        draws once); otherwise they are replaced (removed, then added)."""
         figure = self.figure
-        stale = set(figure.layout.to_plotly_json()) - set(fig.layout.to_plotly_json())
-        if stale:
-            figure.plotly_relayout({key: None for key in stale})
-        figure.data = ()
-        figure.layout = fig.layout
-        figure.add_traces(list(fig.data))
+        layout = fig.layout.to_plotly_json()
+        if [t.type for t in figure.data] != [t.type for t in fig.data]:
+            stale = set(figure.layout.to_plotly_json()) - set(layout)
+            if stale:
+                figure.plotly_relayout({key: None for key in stale})
+            figure.data = ()
+            figure.layout = fig.layout
+            figure.add_traces(list(fig.data))
+            return figure
+        with figure.batch_update():
+            _replace(figure.layout, layout)
+            for shown, new in zip(figure.data, fig.data, strict=True):
+                _replace(shown, new.to_plotly_json(), keep=("type", "uid"))
         return figure
+
+
+def _replace(shown, properties: dict, keep: tuple[str, ...] = ()) -> None:
+    """Make the plotly object ``shown`` hold exactly ``properties``: those it has and they
+    lack are unset, the others overwritten whole (not merged)."""
+    for key in set(shown.to_plotly_json()) - set(properties) - set(keep):
+        shown[key] = None
+    shown.update(properties, overwrite=True)
 
 
 class ToggleSet(widgets.HBox):
