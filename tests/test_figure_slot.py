@@ -72,4 +72,24 @@ def test_traces_of_the_same_types_change_in_one_update():
     assert sent == ["_send_update_msg"]  # the page draws once
     sent.clear()
     slot.draw(other_types)
-    assert "_send_deleteTraces_msg" in sent and "_send_addTraces_msg" in sent
+    assert sent == ["_send_deleteTraces_msg", "_send_update_msg", "_send_addTraces_msg"]
+
+
+def test_a_trace_dropped_or_added_keeps_the_others_in_place():
+    """A method dropped from a chart: the traces before it stay (changed in place), the rest
+    are replaced; the widget still holds what a fresh one would."""
+    first, _, _ = figures()
+    slot = FigureSlot("slot", {})
+    slot.draw(first)
+    fewer = go.Figure([first.data[0]], layout=first.layout).update_layout(title="fewer")
+    more = go.Figure([*first.data, go.Scatter(x=[0], y=[0])], layout=first.layout)
+    more.update_layout(title="more")
+    for fig, expected in (
+        (fewer, ["_send_deleteTraces_msg", "_send_update_msg"]),
+        (more, ["_send_update_msg", "_send_addTraces_msg"]),
+    ):
+        sent: list = []
+        count_messages(slot.figure, sent)
+        slot.draw(fig)
+        assert sent == expected
+        assert shown(slot.figure) == shown(go.FigureWidget(fig))

@@ -26,6 +26,7 @@ def explorer(mlp, mlp_loader):
         num_samples=M,
         block_size=5,
         compute=True,
+        prefetch=False,  # layers computed when picked, not ahead
     )
 
 
@@ -92,6 +93,27 @@ def test_a_layer_is_pruned_alone_when_first_picked_then_only_redrawn(explorer):
     assert set(explorer.saliency.data[0].x) == set(xaxis.tickvals) == {0, 1}
     assert list(xaxis.ticktext) == ["0.weight", "3.weight"]
     assert explorer.computations == computations
+
+
+def test_other_layers_are_computed_ahead_in_the_background(mlp, mlp_loader):
+    explorer = LayerSensitivityExplorer(
+        mlp, mlp_loader, methods=("obd", "woodfisher"), sparsities=SPARSITIES, damping=LAMBDA,
+        num_samples=M, block_size=5, compute=True,
+    )  # fmt: skip
+    assert explorer.wait_for_prefetch(timeout=300) and explorer.prefetch_error is None
+    assert explorer.prefetched == 1 and explorer.sensed_layers == {"0.weight", "3.weight"}
+    held = explorer.sensitivity
+    explorer.layer.value = "3.weight"
+    explorer.layer.value = ALL_LAYERS
+    assert explorer.sensitivity is held  # only redrawn: nothing computed when picked
+    settings = PruningSettings("woodfisher", damping=LAMBDA, num_samples=M, block_size=5)
+    frame = layer_sensitivity(mlp, settings, mlp_loader, sparsities=SPARSITIES, progress=False)
+    ahead = held[(held["method"] == "woodfisher")].sort_values(["parameter", "sparsity"])
+    np.testing.assert_allclose(
+        ahead["actual_delta_loss"],
+        frame.sort_values(["parameter", "sparsity"])["actual_delta_loss"],
+        rtol=1e-10,
+    )
 
 
 def test_all_layers_computes_every_layer_once(mlp, mlp_loader):

@@ -72,28 +72,36 @@ class FigureSlot:
     def __init__(self, css_class: str, layout: dict):
         self.css_class = css_class
         self.figure = go.FigureWidget(layout=layout)
+        self._template = self.figure.layout.template.to_plotly_json()
         self.box = widgets.Box([self.figure])
         self.box.add_class(css_class)
 
     def draw(self, fig: go.Figure) -> go.FigureWidget:
         """``fig``'s traces and layout in the slot's FigureWidget, which then holds what a
-        fresh figure would (properties that ``fig`` lacks are removed). When the traces are of
-        the same types as those shown, they are changed in place in one update (the page
-        draws once); otherwise they are replaced (removed, then added)."""
+        fresh figure would (properties that ``fig`` lacks are removed). The shown traces that
+        are of the same types as ``fig``'s first ones are changed in place, with the layout,
+        in one update; the others are removed, and ``fig``'s remaining ones added: the page
+        draws once when the traces are of the same types, at most three times otherwise."""
         figure = self.figure
+        shown, new = [t.type for t in figure.data], [t.type for t in fig.data]
+        same = 0
+        while same < min(len(shown), len(new)) and shown[same] == new[same]:
+            same += 1
+        if same < len(shown):
+            figure.data = figure.data[:same]
         layout = fig.layout.to_plotly_json()
-        if [t.type for t in figure.data] != [t.type for t in fig.data]:
-            stale = set(figure.layout.to_plotly_json()) - set(layout)
-            if stale:
-                figure.plotly_relayout({key: None for key in stale})
-            figure.data = ()
-            figure.layout = fig.layout
-            figure.add_traces(list(fig.data))
-            return figure
+        kept = ()
+        if layout.get("template", {}) == self._template:  # not validated again
+            layout.pop("template", None)
+            kept = ("template",)
+        else:
+            self._template = layout.get("template", {})
         with figure.batch_update():
-            _replace(figure.layout, layout)
-            for shown, new in zip(figure.data, fig.data, strict=True):
-                _replace(shown, new.to_plotly_json(), keep=("type", "uid"))
+            _replace(figure.layout, layout, keep=kept)
+            for old, new in zip(figure.data, fig.data[:same], strict=True):
+                _replace(old, new.to_plotly_json(), keep=("type", "uid"))
+        if same < len(fig.data):
+            figure.add_traces(list(fig.data[same:]))
         return figure
 
 

@@ -4,11 +4,14 @@ Computed once (:meth:`LayerSensitivityExplorer.compute`, through
 :func:`~wfexplore.experiments.layer_sensitivities`): for each method the saliencies
 ρ_q = w_q²/(2[C⁻¹]_qq) of every weight and, for the methods with a curvature (OBD,
 WoodFisher, K-FAC), each layer pruned alone at each sparsity: the loss increase the quadratic
-model predicts, ½ δwᵀCδw, against the one measured. Picking a layer or methods only redraws.
+model predicts, ½ δwᵀCδw, against the one measured. The picked layer is computed first;
+while the dashboard waits, a background thread prunes the other layers alone, so that picking
+another layer or "all layers" usually only redraws, as picking methods or log axes does.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable, Sequence
 
@@ -19,7 +22,7 @@ import traitlets
 from torch import nn
 
 from wfexplore.curvature.base import AnyCurvature
-from wfexplore.experiments import ImpossibleSetting, MethodCurvatures, layer_sensitivities
+from wfexplore.experiments import QUIET, ImpossibleSetting, MethodCurvatures, layer_sensitivities
 from wfexplore.experiments.common import check_methods
 from wfexplore.experiments.sensitivity import NO_PREDICTION, sensitivity_steps
 from wfexplore.figures.pruning import (
@@ -87,6 +90,7 @@ class LayerSensitivityExplorer(ComputingDashboard):
         names: Sequence[str] | None = None,
         layer: str | None = None,
         compute: bool = False,
+        prefetch: bool = True,
     ):
         methods = check_methods(methods)
         self.model = model
@@ -103,6 +107,12 @@ class LayerSensitivityExplorer(ComputingDashboard):
         self.computations = 0
         self.last_redraw_seconds = float("nan")
         self._saliency_frame = pd.DataFrame()
+        self.prefetch = prefetch
+        self.prefetched = 0
+        self.prefetch_error: Exception | None = None
+        self._lock = threading.Lock()  # one computation at a time: the dashboard's or ahead
+        self._stop_prefetch = threading.Event()
+        self._prefetcher: threading.Thread | None = None
 
         layers = self.study.layers
         if layer is not None and layer not in (*layers, ALL_LAYERS):
@@ -185,32 +195,77 @@ class LayerSensitivityExplorer(ComputingDashboard):
     def compute(self) -> None:
         """Saliencies of every method (once), and each layer pruned alone for the picked
         layer (every layer for "all layers") where not computed yet."""
-        todo = [m for m in self.method_names if m not in self.saliencies]
-        layers = self._missing_layers()
-        if not todo and not layers:
+        if not self._todo() and not self._missing_layers():
             return
-        methods = list(self.method_names) if layers else todo
-        with self.working(sensitivity_steps(methods)):
-            result = layer_sensitivities(
-                self.study,
-                methods,
-                self.eval_data,
-                sparsities=self.sparsity_grid,
-                update=self.update_rule,
-                layers=layers or None,
-                reporter=self,
-            )
+        with self._lock:  # waits for a layer being computed ahead
+            todo, layers = self._todo(), self._missing_layers()
+            if not todo and not layers:
+                return
+            methods = list(self.method_names) if layers else todo
+            with self.working(sensitivity_steps(methods)):
+                self._sense(methods, layers, reporter=self)
+
+    def _todo(self) -> list[str]:
+        return [m for m in self.method_names if m not in self.saliencies]
+
+    def _sense(self, methods: list[str], layers: list[str], reporter=QUIET) -> None:
+        """Saliencies of ``methods`` and ``layers`` (empty: every layer) pruned alone, added to
+        what is shown (the caller holds the lock)."""
+        todo = self._todo()
+        result = layer_sensitivities(
+            self.study,
+            methods,
+            self.eval_data,
+            sparsities=self.sparsity_grid,
+            update=self.update_rule,
+            layers=layers or None,
+            reporter=reporter,
+        )
         self.computations += len(todo)
-        self.sensed_layers.update(layers or self.study.layers)
         frames = [f for f in (self.sensitivity, result.sensitivity) if len(f)]
         if frames:
             self.sensitivity = pd.concat(frames, ignore_index=True)
+        self.sensed_layers.update(layers or self.study.layers)
         if todo:
             frame = saliency_frame(self.saliencies)
             self._saliency_frame = frame.assign(method=frame["method"].map(method_label))
 
+    # --- computing ahead --------------------------------------------------------------------
+    def _start_prefetch(self) -> None:
+        ahead = [layer for layer in self.study.layers if layer not in self.sensed_layers]
+        if not self.prefetch or not ahead or self._todo():
+            return
+        self._stop_prefetch = threading.Event()  # a thread still running ends after its layer
+        self._prefetcher = threading.Thread(
+            target=self._prefetch, args=(ahead, self._stop_prefetch), daemon=True
+        )
+        self._prefetcher.start()
+
+    def _prefetch(self, layers: list[str], stop: threading.Event) -> None:
+        for layer in layers:
+            with self._lock:
+                if stop.is_set():
+                    return
+                if layer in self.sensed_layers:
+                    continue
+                try:
+                    self._sense(list(self.method_names), [layer])
+                except Exception as err:  # noqa: BLE001 - the dashboard computes it when picked
+                    self.prefetch_error = err
+                    return
+                self.prefetched += 1
+
+    def wait_for_prefetch(self, timeout: float | None = None) -> bool:
+        """Wait for the layers computed ahead; whether that has ended."""
+        thread = self._prefetcher
+        if thread is not None:
+            thread.join(timeout)
+        return thread is None or not thread.is_alive()
+
     def update(self) -> None:
-        """Compute once if needed, then redraw; impossible choices become a message."""
+        """Compute once if needed, then redraw; impossible choices become a message. Then the
+        layers not computed yet are computed ahead in the background."""
+        self._stop_prefetch.set()
         try:
             if not self.setting["methods"]:
                 raise ImpossibleSetting(
@@ -225,6 +280,7 @@ class LayerSensitivityExplorer(ComputingDashboard):
             self.fail(err)
             return
         self.say(" ".join(notes))
+        self._start_prefetch()
 
     def _shown(self) -> None:
         self.update()
