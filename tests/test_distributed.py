@@ -3,6 +3,7 @@ concatenated in rank order; ranks that disagree get an error each, never a hang.
 
 import datetime
 import pickle
+import time
 import traceback
 from pathlib import Path
 
@@ -86,7 +87,7 @@ def shared_lowrank(model, data, num_samples):
     v = torch.linspace(-1.0, 1.0, layout.dim, dtype=torch.float64)
     out = {
         "held_columns": curv.gradients.shape[1],
-        "owned": list(getattr(curv, "owned", [])),
+        "owned": list(curv.owned),
         "diag": curv.diag(),
         "mv": curv.mv(v),
         "inverse_diag": curv.inverse_diag(1e-3),
@@ -97,6 +98,12 @@ def shared_lowrank(model, data, num_samples):
         out[f"columns{b.index}"] = curv.columns(b.index, [0, last])
         out[f"block{b.index}"] = curv.block(b.index)
         out[f"inverse_columns{b.index}"] = curv.inverse_columns(b.index, [last, 0], 1e-3)
+    whole = ParameterLayout.from_model(model, block_size="model")  # one block: one owner
+    curv = estimate_curvature(model, data, representation="lowrank", layout=whole,
+                              num_samples=num_samples, progress=False)  # fmt: skip
+    out["model_held_columns"] = curv.gradients.shape[1]
+    out["model_inverse_diag"] = curv.inverse_diag(1e-3)
+    out["model_inverse_columns"] = curv.inverse_columns(0, [0, whole.dim - 1], 1e-3)
     settings = PruningSettings("woodfisher", damping=1e-3, num_samples=num_samples,
                                block_size=7, representation="lowrank")  # fmt: skip
     for update in ("summed", "group"):
@@ -121,6 +128,10 @@ def _rank(rank, folder, scenario):
             result = compute(model, data, WORLD * PER_RANK)
         elif scenario == "shared":
             result = shared_lowrank(model, data, WORLD * PER_RANK)
+        elif scenario == "short":  # rank 1 has too few examples for its m / world_size
+            part = data if rank == 0 else loader(*(t[: PER_RANK // 2] for t in parts[rank]))
+            result = estimate_curvature(model, part, representation="lowrank",
+                                        num_samples=WORLD * PER_RANK, progress=False)  # fmt: skip
         elif scenario == "disk":
             store = Path(folder) / f"gradients-of-rank{rank}"
             result = on_disk(model, data, WORLD * PER_RANK, store)
@@ -178,6 +189,7 @@ def test_low_rank_blocks_are_shared_out_and_answer_as_one_process(tmp_path):
     dim = ParameterLayout.from_model(model, block_size=7).dim
     held = [ranked["held_columns"] for _, ranked in results]
     assert sum(held) == dim and all(0 < h < dim for h in held)
+    assert sorted(ranked["model_held_columns"] for _, ranked in results) == [0, dim]
     owned = [ranked["owned"] for _, ranked in results]
     assert owned[0] + owned[1] == single["owned"]  # contiguous shares, in rank order
     for _, ranked in results:
@@ -192,6 +204,19 @@ def test_low_rank_blocks_are_shared_out_and_answer_as_one_process(tmp_path):
                         )
             elif isinstance(value, torch.Tensor):
                 torch.testing.assert_close(ranked[key], value, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.slow
+def test_a_rank_short_of_data_stops_every_rank_at_once(tmp_path):
+    """The short rank raises its own error; the other learns which rank failed instead of
+    waiting in the next collective until the group's timeout."""
+    start = time.perf_counter()
+    results = run(tmp_path, "short")
+    assert time.perf_counter() - start < TIMEOUT.total_seconds()
+    (status0, text0), (status1, text1) = results
+    assert status0 == status1 == "error"
+    assert "rank 1 failed" in text0
+    assert "rank 1 failed" not in text1
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@ any gradient, and the estimate against a peak measured in a fresh process."""
 
 import json
 import logging
+import math
 import subprocess
 import sys
 import textwrap
@@ -65,22 +66,29 @@ def test_layer_rows_follow_the_cost_model_by_hand(mlp):
 
 
 def test_a_rank_plans_its_share_of_shared_out_low_rank_blocks(mlp):
-    """Over w ranks a rank holds its m/w rows and every rank's rows in its d/w columns (2md/w
-    bytes) and does 1/w of the low-rank flops; dense blocks are all-reduced whole."""
+    """Over w ranks a rank holds its m/w rows beside every rank's rows in the columns of its
+    own blocks, and does its blocks' share of the low-rank flops; dense blocks are all-reduced
+    whole. The mlp's 45 weights in blocks of 5 go 3, 2, 2, 2 to four ranks: the widest share
+    is 15 columns, a third of the work."""
     m, w = 16, 4
-    lowrank = PruningSettings("woodfisher", num_samples=m, block_size="layer",
-                              representation="lowrank")  # fmt: skip
-    one, four = (
-        wfexplore.plan(mlp, lowrank, max_memory_gb=1.0, world_size=n).layers.set_index("parameter")
-        for n in (1, w)
-    )
-    assert four.loc["0.weight", "gradient_bytes"] == 2 * m * 30 * 8 // w
-    assert four.loc["0.weight", "flops"] == pytest.approx((15 / 8 * m * m * 30 + m**3) / w)
-    assert one.loc["0.weight", "gradient_bytes"] == m * 30 * 8
-    dense = PruningSettings("woodfisher", num_samples=m, block_size=8, representation="dense")
-    planned = [wfexplore.plan(mlp, dense, max_memory_gb=1.0, world_size=n) for n in (1, w)]
-    assert planned[0].layers["curvature_bytes"].equals(planned[1].layers["curvature_bytes"])
-    assert planned[0].layers["flops"].equals(planned[1].layers["flops"])
+
+    def rows(block, representation="lowrank", world=1):
+        settings = PruningSettings("woodfisher", num_samples=m, block_size=block,
+                                   representation=representation)  # fmt: skip
+        planned = wfexplore.plan(mlp, settings, max_memory_gb=1.0, world_size=world)
+        return planned.layers.set_index("parameter")
+
+    one, four = rows(5), rows(5, world=w)
+    whole = m * 30 * 8  # 0.weight's gradients, float64
+    assert one.loc["0.weight", "gradient_bytes"] == whole
+    assert four.loc["0.weight", "gradient_bytes"] == whole // w + math.ceil(whole * 15 / 45)
+    assert four.loc["0.weight", "flops"] == pytest.approx(one.loc["0.weight", "flops"] / 3)
+    # one block for the whole model: one rank owns every column, the others none
+    model = rows("model", world=w)
+    assert model.loc["0.weight", "gradient_bytes"] == whole // w + whole
+    dense = [rows(8, "dense", world) for world in (1, w)]
+    assert dense[0]["curvature_bytes"].equals(dense[1]["curvature_bytes"])
+    assert dense[0]["flops"].equals(dense[1]["flops"])
 
 
 @pytest.mark.parametrize(("block", "expected"), [(512, "lowrank"), (128, "dense")])

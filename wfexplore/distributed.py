@@ -21,10 +21,14 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,24 @@ class Ranks:
         out = self.sum_(torch.tensor(values, dtype=torch.float64))
         return out.tolist()
 
+    def together(self, work: Callable[[], T], what: str) -> T:
+        """``work()`` on this rank, then agree that it succeeded everywhere: a rank whose work
+        raised re-raises its error, the others raise one naming it, so that no rank is left
+        waiting in a collective the failing one will never join."""
+        try:
+            result, failed = work(), 0.0
+        except Exception as err:  # noqa: BLE001 - re-raised below, after the others know
+            result, failed, error = None, 1.0, err
+        flags = torch.zeros(self.size, dtype=torch.float64)
+        flags[self.rank] = failed
+        self.sum_(flags)
+        if failed:
+            raise error
+        if flags.any():
+            others = [r for r in range(self.size) if flags[r]]
+            raise RuntimeError(f"{what}: rank {others[0]} failed (see its error); stopped here")
+        return result
+
     def gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
         """Every rank's ``tensor`` (the same shape on every rank), in rank order, on the
         device of ``tensor``."""
@@ -95,12 +117,12 @@ class Ranks:
         dist.all_to_all_single(
             received, send, [each] * self.size, [p.numel() for p in parts], group=self.group
         )
-        return [r.reshape(shape).to(device) for r in received.split(each)]
+        return [r.to(device) for r in received.view(self.size, *shape).unbind(0)]
 
     def broadcast_(self, tensor: torch.Tensor, owner: int) -> torch.Tensor:
         """``tensor`` of rank ``owner`` (a rank of the group) written into every rank's."""
         work = tensor.contiguous().to(self._device())
-        dist.broadcast(work, group=self.group, group_src=owner)
+        dist.broadcast(work, src=dist.get_global_rank(self.group, owner), group=self.group)
         if work is not tensor:
             tensor.copy_(work)
         return tensor

@@ -107,22 +107,27 @@ def from_gradients(
         gradient_store=gradient_store,
         ranks=ranks,
     )
-    m = 0
-    for chunk in chunks:
-        if chunk.ndim != 2 or chunk.shape[1] != layout.dim:
-            raise ValueError(
-                f"gradients: expected rows of {layout.dim} entries, got a chunk of shape "
-                f"{tuple(chunk.shape)}"
-            )
-        if chunk.shape[0]:
-            sink.add(chunk)
-            m += chunk.shape[0]
-    if m == 0:
-        raise ValueError("gradients: no gradient samples were given")
-    if ranks is not None:
-        sink.combine(ranks)
-        m = int(ranks.sum_numbers(m)[0])
-    return sink.finish(m)
+
+    def collect() -> int:
+        m = 0
+        for chunk in chunks:
+            if chunk.ndim != 2 or chunk.shape[1] != layout.dim:
+                raise ValueError(
+                    f"gradients: expected rows of {layout.dim} entries, got a chunk of shape "
+                    f"{tuple(chunk.shape)}"
+                )
+            if chunk.shape[0]:
+                sink.add(chunk)
+                m += chunk.shape[0]
+        if m == 0:
+            raise ValueError("gradients: no gradient samples were given")
+        return m
+
+    if ranks is None:
+        return sink.finish(collect())
+    m = ranks.together(collect, "gradient samples")  # a rank short of data stops every rank
+    sink.combine(ranks)
+    return sink.finish(int(ranks.sum_numbers(m)[0]))
 
 
 def estimate_curvature(

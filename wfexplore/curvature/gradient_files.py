@@ -106,6 +106,13 @@ class HeldGradients:
 
     def write_rows(self, start: int, chunk: torch.Tensor) -> None:
         """Rows start … start + c − 1 from ``chunk`` (c, d) (each row once)."""
+        if chunk.ndim != 2 or chunk.shape[1] != self.dim:
+            raise ValueError(f"gradients: expected rows of {self.dim} entries, got {chunk.shape}")
+        if not 0 <= start <= start + chunk.shape[0] <= self.num_samples:
+            raise ValueError(
+                f"gradients: rows {start}…{start + chunk.shape[0] - 1} are outside the "
+                f"num_samples={self.num_samples} rows"
+            )
         self.rows[start : start + chunk.shape[0]] = chunk
         self.filled += chunk.shape[0]
 

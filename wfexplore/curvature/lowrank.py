@@ -40,7 +40,12 @@ from wfexplore.curvature.gradient_files import (
     check_gradient_store,
     wants_disk,
 )
-from wfexplore.curvature.plan import factor_budget_bytes, gradients_on_disk
+from wfexplore.curvature.plan import (
+    block_shares,
+    column_span,
+    factor_budget_bytes,
+    gradients_on_disk,
+)
 from wfexplore.distributed import Ranks
 from wfexplore.params import ParameterLayout
 
@@ -83,7 +88,7 @@ class LowRankCurvature(Curvature):
             for block in share:
                 self._owner[block] = rank
         self._blocks = [layout.blocks[i] for i in self.owned]
-        self._first, width = _column_span(layout, self.owned)
+        self._first, width = column_span(layout, self.owned)
         if len(gradients.shape) != 2 or gradients.shape[1] != width:
             raise ValueError(
                 f"gradients: expected shape (m, {width}), got {tuple(gradients.shape)}"
@@ -113,20 +118,23 @@ class LowRankCurvature(Curvature):
 
     # --- forward ---------------------------------------------------------------------------
     def diag(self) -> torch.Tensor:
-        out = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
-        for b in self._blocks:
-            for start, stop in self._column_chunks(b.start, b.stop):
-                out[start:stop] = self._cols(start, stop).pow(2).sum(0) / self.num_samples
-        return self._summed(out)
+        def fill(out: torch.Tensor) -> None:
+            for b in self._blocks:
+                for start, stop in self._column_chunks(b.start, b.stop):
+                    out[start:stop] = self._cols(start, stop).pow(2).sum(0) / self.num_samples
+
+        return self._whole(fill)
 
     def mv(self, vector: torch.Tensor) -> torch.Tensor:
         vector = vector.to(dtype=self.dtype, device=self.device)
-        out = torch.zeros_like(vector)
-        for b in self._blocks:
-            gv = self._times(b.start, b.stop, vector[b.start : b.stop, None])
-            part = out[b.start : b.stop].unsqueeze(1)  # a view: written in place
-            self._transpose_times(b.start, b.stop, gv / self.num_samples, part)
-        return self._summed(out)
+
+        def fill(out: torch.Tensor) -> None:
+            for b in self._blocks:
+                gv = self._times(b.start, b.stop, vector[b.start : b.stop, None])
+                part = out[b.start : b.stop].unsqueeze(1)  # a view: written in place
+                self._transpose_times(b.start, b.stop, gv / self.num_samples, part)
+
+        return self._whole(fill)
 
     def columns(self, block: int, positions: Positions) -> torch.Tensor:
         b = self.layout.blocks[block]
@@ -157,28 +165,31 @@ class LowRankCurvature(Curvature):
 
     # --- inverse ---------------------------------------------------------------------------
     def _inverse_diag(self, damping: float) -> torch.Tensor:
-        out = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
-        eye = torch.eye(self.num_samples, dtype=self.dtype, device=self.device)
-        for b in self._blocks:
-            chol_inv = torch.linalg.solve_triangular(
-                self.factor(b.index, damping), eye, upper=False
-            )
-            for start, stop in self._column_chunks(b.start, b.stop):
-                w = _lower_times(chol_inv, self._cols(start, stop), self._buffers[1])
-                out[start:stop] = (1.0 - w.square_().sum(0)) / damping
-        return self._summed(out)
+        def fill(out: torch.Tensor) -> None:
+            eye = torch.eye(self.num_samples, dtype=self.dtype, device=self.device)
+            for b in self._blocks:
+                chol_inv = torch.linalg.solve_triangular(
+                    self.factor(b.index, damping), eye, upper=False
+                )
+                for start, stop in self._column_chunks(b.start, b.stop):
+                    w = _lower_times(chol_inv, self._cols(start, stop), self._buffers[1])
+                    out[start:stop] = (1.0 - w.square_().sum(0)) / damping
+
+        return self._whole(fill)
 
     def _inverse_mv(self, vector: torch.Tensor, damping: float) -> torch.Tensor:
         vector = vector.to(dtype=self.dtype, device=self.device)
-        out = torch.zeros_like(vector)
-        for b in self._blocks:
-            v = vector[b.start : b.stop]
-            gv = self._times(b.start, b.stop, v[:, None])
-            s = torch.cholesky_solve(gv, self.factor(b.index, damping))
-            gts = torch.empty(b.size, 1, dtype=self.dtype, device=self.device)
-            self._transpose_times(b.start, b.stop, s, gts)
-            out[b.start : b.stop] = (v - gts[:, 0]) / damping
-        return self._summed(out)
+
+        def fill(out: torch.Tensor) -> None:
+            for b in self._blocks:
+                v = vector[b.start : b.stop]
+                gv = self._times(b.start, b.stop, v[:, None])
+                s = torch.cholesky_solve(gv, self.factor(b.index, damping))
+                gts = torch.empty(b.size, 1, dtype=self.dtype, device=self.device)
+                self._transpose_times(b.start, b.stop, s, gts)
+                out[b.start : b.stop] = (v - gts[:, 0]) / damping
+
+        return self._whole(fill)
 
     def _inverse_columns(self, block: int, positions: Positions, damping: float) -> torch.Tensor:
         b = self.layout.blocks[block]
@@ -201,7 +212,7 @@ class LowRankCurvature(Curvature):
         """The Cholesky factor L_B of K_B = mλI + G_B G_Bᵀ for block ``block``: kept for the
         last λ asked for while the kept ones fit in ``max_factor_bytes``, else recomputed
         (only for this rank's own blocks when they are shared out)."""
-        if block not in self.owned:
+        if self.ranks is not None and block not in self.owned:
             raise ValueError(
                 f"block {block}: its gradient columns are held by rank {self._owner[block]}, "
                 f"not by rank {self.ranks.rank}; ask for its factor there"
@@ -232,19 +243,27 @@ class LowRankCurvature(Curvature):
         self._source.close()
 
     # --- helpers -------------------------------------------------------------------------
-    def _summed(self, out: torch.Tensor) -> torch.Tensor:
-        """A whole vector that each rank filled for its own blocks (zeros elsewhere)."""
-        return out if self.ranks is None else self.ranks.sum_(out)
+    def _whole(self, fill) -> torch.Tensor:
+        """A length-d vector that ``fill(out)`` writes for this rank's blocks, zeros elsewhere,
+        summed over the ranks (once every rank's ``fill`` has succeeded)."""
+        out = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
+        if self.ranks is None:
+            fill(out)
+            return out
+        self.ranks.together(lambda: fill(out), "low-rank curvature")
+        return self.ranks.sum_(out)
 
     def _answered(self, block: int, owned, shape: tuple[int, int]) -> torch.Tensor:
         """``owned()``, computed by the rank that holds ``block`` and broadcast to the others."""
         if self.ranks is None:
             return owned()
         owner = self._owner[block]
-        if owner == self.ranks.rank:
-            out = owned()
-        else:
-            out = torch.empty(shape, dtype=self.dtype, device=self.device)
+
+        def placeholder() -> torch.Tensor:
+            return torch.empty(shape, dtype=self.dtype, device=self.device)
+
+        work = owned if owner == self.ranks.rank else placeholder
+        out = self.ranks.together(work, f"low-rank curvature, block {block}")
         return self.ranks.broadcast_(out, owner)
 
     def _select(self, columns: torch.Tensor) -> torch.Tensor:
@@ -280,32 +299,6 @@ class LowRankCurvature(Curvature):
     def _column_chunks(self, start: int, stop: int):
         for a in range(start, stop, self._columns):
             yield a, min(a + self._columns, stop)
-
-
-def block_shares(layout: ParameterLayout, size: int, num_samples: int) -> list[range]:
-    """The blocks each of ``size`` ranks owns: contiguous runs of about equal work, a block of
-    s weights costing ≈ (9/4)m²s + m³/3 flops (its Gram matrix, Cholesky factor and inverse
-    diagonal)."""
-    m = num_samples
-    costs = [2.25 * m * m * b.size + m**3 / 3 for b in layout.blocks]
-    total, shares, first, done = sum(costs), [], 0, 0.0
-    for index, cost in enumerate(costs):
-        done += cost
-        while len(shares) < size - 1 and done >= total * (len(shares) + 1) / size:
-            shares.append(range(first, index + 1))
-            first = index + 1
-    shares.append(range(first, layout.num_blocks))
-    while len(shares) < size:
-        shares.append(range(layout.num_blocks, layout.num_blocks))
-    return shares
-
-
-def _column_span(layout: ParameterLayout, blocks: range) -> tuple[int, int]:
-    """The first flat column of ``blocks`` (contiguous) and how many columns they cover."""
-    if not blocks:
-        return 0, 0
-    first = layout.blocks[blocks.start].start
-    return first, layout.blocks[blocks.stop - 1].stop - first
 
 
 SLAB_BYTES = 256 * 2**20
@@ -423,20 +416,28 @@ class GradientStore:
         few rows at a time, every rank's rows in the columns of its own blocks, stacked in
         rank order, into memory or into a new gradient file of its own; this rank's rows are
         then released."""
-        self.matrix(None)  # every row of this rank given
-        local = self.rows if self.rows is not None else HeldGradients(torch.cat(self.chunks))
-        on_disk = isinstance(local, GradientFile)
-        if ranks.sum_numbers(float(on_disk))[0] not in (0, ranks.size):
+        on_disk = isinstance(self.rows, GradientFile)
+        complete = self.rows is None or self.rows.filled == self.num_samples
+        n = sum(c.shape[0] for c in self.chunks) if self.rows is None else self.rows.filled
+        disk, done, total, squares = ranks.sum_numbers(float(on_disk), float(complete), n, n * n)
+        if disk not in (0, ranks.size):
             raise ValueError(
                 f"gradient_store: rank {ranks.rank} holds the gradients "
                 f"{'on disk' if on_disk else 'in memory'} and another rank does not (their "
                 "budgets or free disk differ); pass the same gradient_store='memory' or 'disk' "
                 "on every rank"
             )
+        if done != ranks.size or ranks.size * squares != total * total:
+            raise ValueError(
+                f"gradients: the ranks were given different numbers of rows (rank {ranks.rank}: "
+                f"{n} of num_samples={self.num_samples}); every rank must give its m / "
+                "world_size rows"
+            )
+        local = self.rows if self.rows is not None else HeldGradients(torch.cat(self.chunks))
         n, d = local.shape
         m = n * ranks.size
         shares = block_shares(self.layout, ranks.size, m)
-        spans = [_column_span(self.layout, share) for share in shares]
+        spans = [column_span(self.layout, share) for share in shares]
         spans = [(first, first + width) for first, width in spans]
         a, z = spans[ranks.rank]
         if on_disk:

@@ -34,6 +34,7 @@ the peak with G on disk is not, and the folder has room for it.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,19 +106,60 @@ def gradient_bytes(num_samples: int, numel: int, itemsize: int) -> int:
     return num_samples * numel * itemsize
 
 
+def block_work(num_samples: int, size: int) -> float:
+    """Flops of one low-rank block of ``size`` weights: its Gram matrix, Cholesky factor and
+    inverse diagonal, ≈ (9/4)m²s + m³/3."""
+    return 2.25 * num_samples * num_samples * size + num_samples**3 / 3
+
+
+def block_shares(layout: ParameterLayout, size: int, num_samples: int) -> list[range]:
+    """The low-rank blocks each of ``size`` ranks owns under ``torch.distributed``:
+    contiguous runs of about equal :func:`block_work`."""
+    costs = [block_work(num_samples, b.size) for b in layout.blocks]
+    total, shares, first, done = sum(costs), [], 0, 0.0
+    for index, cost in enumerate(costs):
+        done += cost
+        while len(shares) < size - 1 and done >= total * (len(shares) + 1) / size:
+            shares.append(range(first, index + 1))
+            first = index + 1
+    shares.append(range(first, layout.num_blocks))
+    while len(shares) < size:
+        shares.append(range(layout.num_blocks, layout.num_blocks))
+    return shares
+
+
+def column_span(layout: ParameterLayout, blocks: range) -> tuple[int, int]:
+    """The first flat column of ``blocks`` (contiguous) and how many columns they cover."""
+    if not blocks:
+        return 0, 0
+    first = layout.blocks[blocks.start].start
+    return first, layout.blocks[blocks.stop - 1].stop - first
+
+
+def largest_share(layout: ParameterLayout, size: int, num_samples: int) -> tuple[float, float]:
+    """The largest fractions of the columns and of the low-rank work that one of ``size``
+    ranks gets from :func:`block_shares` (1/size each when the blocks divide evenly)."""
+    shares = block_shares(layout, size, num_samples)
+    work = [block_work(num_samples, b.size) for b in layout.blocks]
+    columns = max(column_span(layout, share)[1] for share in shares) / layout.dim
+    return columns, max(sum(work[i] for i in share) for share in shares) / sum(work)
+
+
 def rank_gradient_bytes(
     representation: str, num_samples: int, numel: int, itemsize: int, world_size: int = 1,
-    hold: bool = False,
+    hold: bool = False, widest: float | None = None,
 ) -> int:  # fmt: skip
     """Bytes of G (m × ``numel``) one rank holds at its peak: all of it, in one process or
     for the Woodbury recursion (all-gathered); low-rank blocks shared out over w ranks: the
-    rank's m/w rows beside every rank's rows in its d/w columns, 2md/w; rows held for a sweep
+    rank's m/w rows beside every rank's rows in the columns of its blocks (the ``widest``
+    share of them, :func:`largest_share`; 1/w by default), ≈ 2md/w; rows held for a sweep
     (``hold``) with other representations: the rank's m/w."""
     whole = gradient_bytes(num_samples, numel, itemsize)
     if world_size == 1 or representation == "woodbury":
         return whole
     if representation == "lowrank":
-        return -(-2 * whole // world_size)
+        widest = 1 / world_size if widest is None else widest
+        return -(-whole // world_size) + math.ceil(whole * widest)
     return -(-whole // world_size) if hold else 0
 
 
@@ -155,7 +197,8 @@ def lowrank_bytes(
     on disk (:func:`rank_gradient_bytes`), the kept factors, the column buffers and, for G on
     disk, the file's read window."""
     m, d = num_samples, layout.dim
-    in_memory = rank_gradient_bytes("lowrank", m, d, itemsize, world_size)
+    in_memory = rank_gradient_bytes("lowrank", m, d, itemsize, world_size,
+                                    widest=_widest(layout, world_size, m))  # fmt: skip
     held = window_bytes(m, d, itemsize) if on_disk else in_memory
     factors = FLOAT64 * m * m * kept_factor_blocks(layout, m, budget_bytes)
     return held + factors + buffer_bytes("lowrank", layout, m)
@@ -185,8 +228,15 @@ def gradients_on_disk(
     )
     if in_memory <= budget_bytes or on_disk > budget_bytes:
         return False
-    needed = rank_gradient_bytes("lowrank", m, layout.dim, itemsize, world_size)
+    widest = _widest(layout, world_size, m)
+    needed = rank_gradient_bytes("lowrank", m, layout.dim, itemsize, world_size, widest=widest)
     return needed <= free_disk_bytes(store_folder("auto"))
+
+
+def _widest(layout: ParameterLayout, world_size: int, num_samples: int) -> float | None:
+    if world_size == 1 or not num_samples:
+        return None
+    return largest_share(layout, world_size, num_samples)[0]
 
 
 def refactor_flops(num_samples: int, size: int) -> float:
@@ -426,13 +476,19 @@ def _layer_rows(layout, representation, m, itemsize, hold, on_disk, budget_bytes
     the first :func:`kept_factor_blocks` blocks and recompute the others."""
     held = hold or holds_gradients(representation)
     kept = kept_factor_blocks(layout, m, budget_bytes) if representation == "lowrank" else 0
+    widest, busiest = (
+        largest_share(layout, world, m) if representation == "lowrank" and world > 1 and m
+        else (None, 1.0)
+    )  # fmt: skip
     where = "gradient store on disk" if on_disk else "in memory"
     rows = []
     for i, p in enumerate(layout.parameters):
         sizes = block_sizes(layout, i)
         curvature, flops = _layer_cost(representation, p, sizes, m)
         gradients = (
-            rank_gradient_bytes(representation, m, p.numel, itemsize, world, hold) if held else 0
+            rank_gradient_bytes(representation, m, p.numel, itemsize, world, hold, widest)
+            if held
+            else 0
         )
         row = {
             "parameter": p.name,
@@ -452,7 +508,7 @@ def _layer_rows(layout, representation, m, itemsize, hold, on_disk, budget_bytes
             if keep < len(sizes):
                 row["strategy"] += f", {len(sizes) - keep} factors recomputed"
                 row["flops"] += sum(refactor_flops(m, s) for s in sizes[keep:])
-            row["flops"] /= world  # each rank works on its own share of the blocks
+            row["flops"] *= busiest  # the busiest rank's share of the blocks' work
         rows.append(row)
     return rows
 
