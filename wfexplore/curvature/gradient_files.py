@@ -106,13 +106,7 @@ class HeldGradients:
 
     def write_rows(self, start: int, chunk: torch.Tensor) -> None:
         """Rows start … start + c − 1 from ``chunk`` (c, d) (each row once)."""
-        if chunk.ndim != 2 or chunk.shape[1] != self.dim:
-            raise ValueError(f"gradients: expected rows of {self.dim} entries, got {chunk.shape}")
-        if not 0 <= start <= start + chunk.shape[0] <= self.num_samples:
-            raise ValueError(
-                f"gradients: rows {start}…{start + chunk.shape[0] - 1} are outside the "
-                f"num_samples={self.num_samples} rows"
-            )
+        _check_rows(self, start, chunk)
         self.rows[start : start + chunk.shape[0]] = chunk
         self.filled += chunk.shape[0]
 
@@ -178,13 +172,7 @@ class GradientFile:
     def write_rows(self, start: int, chunk: torch.Tensor) -> None:
         """Write the rows of ``chunk`` (c, d) as rows start … start + c − 1 (each row once:
         ``filled`` counts the rows written)."""
-        if chunk.ndim != 2 or chunk.shape[1] != self.dim:
-            raise ValueError(f"gradients: expected rows of {self.dim} entries, got {chunk.shape}")
-        if not 0 <= start <= start + chunk.shape[0] <= self.num_samples:
-            raise ValueError(
-                f"gradients: rows {start}…{start + chunk.shape[0] - 1} are outside the "
-                f"num_samples={self.num_samples} rows of {self.path}"
-            )
+        _check_rows(self, start, chunk)
         rows = chunk.detach().to(device="cpu", dtype=self.dtype).contiguous()
         data = memoryview(rows.view(torch.uint8).numpy()).cast("B")
         self.file.seek(start * self.dim * self.itemsize)
@@ -257,6 +245,17 @@ class GradientFile:
             raise ValueError(
                 f"gradient store: {self.filled} of {self.num_samples} rows written to {self.path}"
             )
+
+
+def _check_rows(store: HeldGradients | GradientFile, start: int, chunk: torch.Tensor) -> None:
+    """Refuse rows start … start + c − 1 of ``chunk`` that are not of G's width or outside G."""
+    if chunk.ndim != 2 or chunk.shape[1] != store.dim:
+        raise ValueError(f"gradients: expected rows of {store.dim} entries, got {chunk.shape}")
+    if not 0 <= start <= start + chunk.shape[0] <= store.num_samples:
+        raise ValueError(
+            f"gradients: rows {start}…{start + chunk.shape[0] - 1} are outside the "
+            f"num_samples={store.num_samples} rows of {store!r}"
+        )
 
 
 def _check_room(store: HeldGradients | GradientFile, chunk: torch.Tensor) -> int:
