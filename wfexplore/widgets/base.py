@@ -247,6 +247,15 @@ class ComputingDashboard(Dashboard):
     """A dashboard with a ``message`` area and a progress bar (``progress``, with
     ``progress_label``, inside ``progress_box``, shown only while something runs)."""
 
+    _prefetcher = None  # the thread computing ahead, if one was started
+
+    def wait_for_prefetch(self, timeout: float | None = None) -> bool:
+        """Wait for the computation ahead (a background thread) to end; whether it has."""
+        thread = self._prefetcher
+        if thread is not None:
+            thread.join(timeout)
+        return thread is None or not thread.is_alive()
+
     def __init__(self, prefix: str, state: traitlets.HasTraits):
         super().__init__(prefix, state)
         self.message = widgets.HTML("")

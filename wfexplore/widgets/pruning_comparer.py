@@ -471,13 +471,6 @@ class PruningComparer(ComputingDashboard):
                     return
                 self.prefetched += 1
 
-    def wait_for_prefetch(self, timeout: float | None = None) -> bool:
-        """Wait for the background computation to end; whether it has."""
-        thread = self._prefetcher
-        if thread is not None:
-            thread.join(timeout)
-        return thread is None or not thread.is_alive()
-
     def _add_rows(self, frame: pd.DataFrame) -> None:
         if not len(self.frame):
             self.frame = frame.reset_index(drop=True)

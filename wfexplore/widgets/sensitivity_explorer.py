@@ -255,13 +255,6 @@ class LayerSensitivityExplorer(ComputingDashboard):
                     return
                 self.prefetched += 1
 
-    def wait_for_prefetch(self, timeout: float | None = None) -> bool:
-        """Wait for the layers computed ahead; whether that has ended."""
-        thread = self._prefetcher
-        if thread is not None:
-            thread.join(timeout)
-        return thread is None or not thread.is_alive()
-
     def update(self) -> None:
         """Compute once if needed, then redraw; impossible choices become a message. Then the
         layers not computed yet are computed ahead in the background."""
