@@ -39,6 +39,7 @@ from wfexplore.servers import (
     lab_command,
     teach_command,
     wait_for_port,
+    wait_for_ready_file,
 )
 
 CHROMIUM = os.environ.get("WFEXPLORE_CHROMIUM", "/usr/bin/chromium")
@@ -395,6 +396,7 @@ class ServerProcess:
     command: ServerCommand
     process: subprocess.Popen
     log: Path
+    ready_s: float = float("nan")  # from the start to answering (and its ready file, if any)
     _known: dict[int, psutil.Process] = field(default_factory=dict)
 
     @property
@@ -449,9 +451,12 @@ def _alive(p: psutil.Process) -> bool:
 def start_server(
     command: ServerCommand, log: Path, env: Mapping[str, str] | None = None, ready_path: str = "/"
 ) -> ServerProcess:
-    """Start ``command`` in its own process group, logging to ``log``; wait until it answers."""
+    """Start ``command`` in its own process group, logging to ``log``; wait until it answers
+    and, when the command names a ready file, until that exists (as ``wfexplore teach`` does
+    before printing the address)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, **command.env, **(env or {})}
+    start = time.perf_counter()
     with open(log, "wb") as out:
         process = subprocess.Popen(
             command.argv,
@@ -479,6 +484,11 @@ def start_server(
                         f"server not ready ({error}):\n{server.log_tail()}"
                     ) from None
                 time.sleep(0.3)
+        if command.ready_file is not None and not wait_for_ready_file(
+            command.ready_file, timeout=TIMEOUT_MS / 1000, process=process
+        ):
+            raise RuntimeError(f"no {command.ready_file} (kernel not ready):\n{server.log_tail()}")
+        server.ready_s = time.perf_counter() - start
     except BaseException:
         server.stop()
         raise
@@ -567,12 +577,10 @@ def lab_server(
 
 
 @contextmanager
-def voila_server(
-    workdir: Path, notebook: Path | None = None, env: Mapping[str, str] | None = None
-) -> Iterator[ServerProcess]:
-    """Voilà serving ``notebook`` (default: the teacher) as ``wfexplore teach`` does (loopback,
-    token, no code),
-    with throwaway Jupyter folders under ``workdir``; stopped, with its kernels, on exit."""
+def voila_server(workdir: Path, env: Mapping[str, str] | None = None) -> Iterator[ServerProcess]:
+    """Voilà serving the teacher as ``wfexplore teach`` does (loopback, token, no code, a
+    preheated kernel, ready once its ready file exists), with throwaway Jupyter folders under
+    ``workdir``; stopped, with its kernels, on exit."""
     dirs = {
         "JUPYTER_CONFIG_DIR": workdir / "jupyter-config",
         "JUPYTER_RUNTIME_DIR": workdir / "jupyter-runtime",
@@ -581,12 +589,14 @@ def voila_server(
     }
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
-    command = teach_command(port=free_port(), notebook=notebook)
+    ready = workdir / "kernel-ready"
+    ready.unlink(missing_ok=True)
+    command = teach_command(port=free_port(), ready_file=ready)
     server = start_server(
         command,
         workdir / "voila.log",
         {**{k: str(v) for k, v in dirs.items()}, **(env or {})},
-        ready_path="/login",  # answers without rendering the notebook (no kernel started)
+        ready_path="/login",  # answers without rendering the notebook
     )
     try:
         yield server
@@ -1081,8 +1091,10 @@ def fisher_scenario(
 
 
 def voila_scenario(page: Page, server: ServerProcess, log: LatencyLog) -> dict:
-    """The Voilà teacher page: the time from opening the address to the first figure, then
-    one step of the w1 slider."""
+    """The Voilà teacher page: the time from starting the server to its address being printed
+    (the preheated kernel ready), from opening the address to the first figure, one step of
+    the w1 slider, then opening it dark (``?theme=dark``); the figures' paper luminances."""
+    log.record("Voilà teacher: start the server → address printed", server.ready_s, None)
     start = time.perf_counter()
     page.goto(server.url)
     figure = page.locator(".wfx-teacher .wfx-teacher-figure")
@@ -1110,6 +1122,16 @@ def voila_scenario(page: Page, server: ServerProcess, log: LatencyLog) -> dict:
         seconds = time_until_change(figure.first, lambda: handle.press(key), timeout_s=60)
     log.record("Voilà teacher: w1 slider → figure", seconds, GOAL_CACHED_S, note)
     seen["figure_moved"] = figure_data(figure.first)
+    seen["light_paper"] = colour_luminance(page, plot_backgrounds(figure.first)["paper"])
+    start = time.perf_counter()
+    page.goto(f"{server.url}&theme=dark")
+    log.record(
+        "Voilà teacher: open ?theme=dark → first figure",
+        time_until_drawn(figure, start),
+        None,
+        "a kernel started for the visit (the preheated one is light)",
+    )
+    seen["dark_paper"] = colour_luminance(page, plot_backgrounds(figure.first)["paper"])
     return seen
 
 

@@ -381,5 +381,7 @@ def test_voila_teacher_first_figure(
             seen = voila_scenario(page, server, latency)
             assert page.locator(".jp-InputArea-editor, .cm-editor").count() == 0, "code shown"
     assert seen["figure_start"] and seen["figure_moved"] != seen["figure_start"]
+    assert seen["light_paper"] > 0.5, "the teacher's figure is dark in Voilà's light theme"
+    assert seen["dark_paper"] < 0.2, "the teacher's figure is light on Voilà's ?theme=dark"
     if seen["stale"]:  # intermittent: a product bug to look into, not a reason to fail here
         warnings.warn(f"Voilà teacher: {seen['stale']}", stacklevel=1)

@@ -103,6 +103,104 @@ def test_a_busy_port_is_refused_in_one_line_before_anything_starts(
     assert started == []
 
 
+def test_teach_preheats_its_kernel_and_names_the_ready_file(tmp_path: Path) -> None:
+    plain = servers.teach_command(port=8123, token="abc123")
+    assert "--preheat_kernel=True" in plain.argv
+    assert f"--VoilaKernelManager.fill_delay={servers.REFILL_DELAY_S}" in plain.argv
+    assert plain.ready_file is None and servers.READY_FILE_ENV not in plain.env
+    ready = servers.teach_command(port=8123, token="abc123", ready_file=tmp_path / "r")
+    assert ready.ready_file == (tmp_path / "r").resolve()
+    assert ready.env == {"JUPYTER_TOKEN": "abc123", servers.READY_FILE_ENV: str(ready.ready_file)}
+
+
+def test_the_teacher_notebook_waits_for_its_visitor_before_the_theme_and_the_teacher() -> None:
+    import json
+
+    cells = json.loads((REPO / "notebooks" / servers.TEACHER).read_text(encoding="utf-8"))
+    code = ["".join(c["source"]) for c in cells["cells"] if c["cell_type"] == "code"]
+    waits = [i for i, source in enumerate(code) if "wait_for_visitor()" in source]
+    assert waits, "the teacher notebook never calls wait_for_visitor()"
+    after = "\n".join(code[waits[0] :]).split("wait_for_visitor()", 1)[1]
+    assert "use_theme()" in after and "OBSTeacher()" in after  # per visit: ?theme= is known
+
+
+def test_wait_for_visitor_returns_at_once_outside_a_preheated_kernel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import voila.utils
+
+    monkeypatch.delenv("VOILA_PREHEAT", raising=False)
+    monkeypatch.setenv(servers.READY_FILE_ENV, str(tmp_path / "ready"))
+    monkeypatch.setattr(voila.utils, "wait_for_request", lambda: pytest.fail("waited"))
+    servers.wait_for_visitor()
+    monkeypatch.setenv("VOILA_PREHEAT", "False")  # what Voilà sets in a kernel for one visit
+    servers.wait_for_visitor()
+    assert not (tmp_path / "ready").exists()
+
+
+def test_wait_for_visitor_says_ready_then_waits_in_a_preheated_kernel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import voila.utils
+
+    ready = tmp_path / "ready"
+    seen = []
+    monkeypatch.setenv("VOILA_PREHEAT", "True")
+    monkeypatch.setenv(servers.READY_FILE_ENV, str(ready))
+    monkeypatch.setattr(voila.utils, "wait_for_request", lambda: seen.append(ready.exists()))
+    servers.wait_for_visitor()
+    assert seen == [True]
+
+
+_LISTEN_THEN_READY = """
+import socket, sys, time
+from pathlib import Path
+with socket.socket() as s:
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+    s.listen()
+    time.sleep(float(sys.argv[3]))
+    if sys.argv[2]:
+        Path(sys.argv[2]).touch()
+    time.sleep(1.5)
+"""
+
+
+@pytest.mark.parametrize("becomes_ready", [True, False])
+def test_teach_prints_its_address_once_the_kernel_is_ready(
+    becomes_ready: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    ready = tmp_path / "ready"
+    port = servers.free_port()
+    touched = str(ready) if becomes_ready else ""
+    argv = [sys.executable, "-c", _LISTEN_THEN_READY, str(port), touched, "1.0"]
+    command = servers.ServerCommand(argv, {}, "http://addr", port, "t", tmp_path, ready)
+    opened = []
+    monkeypatch.setattr(servers.webbrowser, "open", lambda url: opened.append(ready.exists()))
+    assert servers._serve(command, True, "The teacher") == 0
+    time.sleep(0.5)  # the announcing thread polls every 0.2 s
+    out = capsys.readouterr().out
+    if becomes_ready:
+        assert "The teacher is running at" in out and "http://addr" in out
+        assert opened == [True], "the browser was opened before the kernel was ready"
+    else:  # the server exited without ever being ready: nothing to visit
+        assert "running at" not in out and opened == []
+
+
+def test_run_teach_gives_a_ready_file_in_a_folder_it_removes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen = {}
+
+    def fake_serve(command: servers.ServerCommand, open_browser: bool, what: str) -> int:
+        seen.update(ready=command.ready_file, folder_there=command.ready_file.parent.is_dir())
+        return 0
+
+    monkeypatch.setattr(servers, "_serve", fake_serve)
+    assert servers.run_teach(port=None, open_browser=False) == 0
+    assert seen["folder_there"] and not seen["ready"].exists()
+    assert not seen["ready"].parent.exists()
+
+
 def test_teach_command_names_a_missing_notebook(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no teacher notebook"):
         servers.teach_command(notebook=tmp_path / "missing.ipynb")

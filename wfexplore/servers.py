@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import webbrowser
@@ -21,6 +22,11 @@ from pathlib import Path
 HOST = "127.0.0.1"
 TEACHER = "teach.ipynb"
 DEFAULT_FOLDER = "wfexplore-notebooks"
+#: names the file a preheated teacher kernel creates once its imports are done
+READY_FILE_ENV = "WFEXPLORE_READY_FILE"
+#: seconds Voilà waits, after a visitor takes the preheated kernel, before preheating the next
+#: (so that the next kernel's imports do not compete with the visitor's first figure)
+REFILL_DELAY_S = 2.0
 
 
 def notebooks_dir() -> Path:
@@ -122,6 +128,7 @@ class ServerCommand:
     port: int
     token: str
     cwd: Path
+    ready_file: Path | None = None  # exists once the server can answer a visitor at once
 
 
 def lab_command(
@@ -159,12 +166,19 @@ def teach_command(
     token: str | None = None,
     notebook: str | os.PathLike | None = None,
     extra_args: Sequence[str] = (),
+    ready_file: str | os.PathLike | None = None,
 ) -> ServerCommand:
     """Voilà serving the OBD/OBS teacher without its code, bound to 127.0.0.1, with a token.
 
     As for JupyterLab, the token travels in ``JUPYTER_TOKEN`` (read by Voilà's identity
     provider when ``Voila.auto_token`` is on), not on the command line; Voilà does not move
     to another port (``port_retries=0``), so the URL printed is the one served.
+
+    The kernel is preheated: Voilà starts it with the server and runs the notebook up to
+    :func:`wait_for_visitor` (the imports, a few seconds), so a visitor's page only builds the
+    teacher. That kernel then creates ``ready_file`` (when given), which says the first visit
+    will be quick. A visit whose ``?theme=`` differs from Voilà's default (light) is served
+    by a fresh kernel instead, as without preheating.
     """
     path = Path(notebook) if notebook is not None else notebooks_dir() / TEACHER
     path = path.expanduser().resolve()
@@ -184,10 +198,49 @@ def teach_command(
         "--Voila.auto_token=True",
         "--strip_sources=True",
         "--template=lab",
+        "--preheat_kernel=True",
+        f"--VoilaKernelManager.fill_delay={REFILL_DELAY_S}",
         *extra_args,
     ]
+    env = {"JUPYTER_TOKEN": token}
+    ready = None
+    if ready_file is not None:
+        ready = Path(ready_file).expanduser().resolve()
+        env[READY_FILE_ENV] = str(ready)
     url = f"http://{HOST}:{port}/?token={token}"
-    return ServerCommand(argv, {"JUPYTER_TOKEN": token}, url, port, token, path.parent)
+    return ServerCommand(argv, env, url, port, token, path.parent, ready)
+
+
+def wait_for_visitor() -> None:
+    """In a kernel Voilà preheats: create the file named by ``$WFEXPLORE_READY_FILE`` (the
+    imports before this call are done) and wait for the visitor's request, after which
+    ``os.environ`` holds its ``QUERY_STRING`` (``theme=dark``). Anywhere else (JupyterLab, a
+    kernel Voilà starts for one visit) it returns at once."""
+    if os.environ.get("VOILA_PREHEAT") != "True":
+        return
+    from voila.utils import wait_for_request
+
+    ready = os.environ.get(READY_FILE_ENV)
+    if ready:
+        Path(ready).touch()
+    wait_for_request()
+
+
+def _wait_until(done: Callable[[], bool], timeout: float, process: subprocess.Popen | None) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            return False
+        if done():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _listening(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex((HOST, port)) == 0
 
 
 def wait_for_port(
@@ -195,16 +248,14 @@ def wait_for_port(
 ) -> bool:
     """Wait until something listens on ``port`` on loopback; False on timeout or if
     ``process`` exits first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            return False
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.settimeout(0.5)
-            if s.connect_ex((HOST, port)) == 0:
-                return True
-        time.sleep(0.2)
-    return False
+    return _wait_until(lambda: _listening(port), timeout, process)
+
+
+def wait_for_ready_file(
+    path: Path, timeout: float = 120.0, process: subprocess.Popen | None = None
+) -> bool:
+    """Wait until ``path`` exists; False on timeout or if ``process`` exits first."""
+    return _wait_until(path.exists, timeout, process)
 
 
 def _serve(command: ServerCommand, open_browser: bool, what: str) -> int:
@@ -223,12 +274,21 @@ def _serve(command: ServerCommand, open_browser: bool, what: str) -> int:
             raise KeyboardInterrupt
 
         def announce() -> None:
-            if wait_for_port(command.port, timeout=120.0, process=process):
-                print(
-                    f"\n{what} is running at\n\n    {command.url}\n\nCtrl-C stops it.\n", flush=True
-                )
-                if open_browser:
-                    webbrowser.open(command.url)
+            if not wait_for_port(command.port, timeout=120.0, process=process):
+                return
+            note = ""
+            if command.ready_file is not None and not wait_for_ready_file(
+                command.ready_file, timeout=120.0, process=process
+            ):
+                if process.poll() is not None:
+                    return
+                note = "(still preparing its kernel: the first visit may take a while)\n"
+            print(
+                f"\n{what} is running at\n\n    {command.url}\n{note}\nCtrl-C stops it.\n",
+                flush=True,
+            )
+            if open_browser:
+                webbrowser.open(command.url)
 
         threading.Thread(target=announce, daemon=True).start()
         return process.wait()
@@ -287,7 +347,10 @@ def run_lab(
 
 def run_teach(port: int | None = None, open_browser: bool = True) -> int:
     """Serve the OBD/OBS teacher as a Voilà page (no code shown); a ``port`` that is taken
-    is refused (:class:`PortInUse`)."""
+    is refused (:class:`PortInUse`). The address is printed (and a browser opened) once the
+    preheated kernel is ready, so that the first visit shows the teacher within seconds."""
     if port is not None:
         check_port_free(port)
-    return _serve(teach_command(port=port), open_browser, "The OBD/OBS teacher")
+    with tempfile.TemporaryDirectory(prefix="wfexplore-teach-") as folder:
+        command = teach_command(port=port, ready_file=Path(folder) / "kernel-ready")
+        return _serve(command, open_browser, "The OBD/OBS teacher")

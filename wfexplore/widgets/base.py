@@ -16,6 +16,7 @@ from contextlib import contextmanager
 import ipywidgets as widgets
 import plotly.graph_objects as go
 import traitlets
+from plotly.graph_objects import FigureWidget  # loaded here, not at the first figure
 
 from wfexplore._checks import ImpossibleSetting
 
@@ -71,12 +72,12 @@ class FigureSlot:
 
     def __init__(self, css_class: str, layout: dict):
         self.css_class = css_class
-        self.figure = go.FigureWidget(layout=layout)
+        self.figure = FigureWidget(layout=layout)
         self._template = self.figure.layout.template.to_plotly_json()
         self.box = widgets.Box([self.figure])
         self.box.add_class(css_class)
 
-    def draw(self, fig: go.Figure) -> go.FigureWidget:
+    def draw(self, fig: go.Figure) -> FigureWidget:
         """``fig``'s traces and layout in the slot's FigureWidget, which then holds what a
         fresh figure would (properties that ``fig`` lacks are removed). The shown traces that
         are of the same types as ``fig``'s first ones are changed in place, with the layout,
