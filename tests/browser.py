@@ -577,10 +577,12 @@ def lab_server(
 
 
 @contextmanager
-def voila_server(workdir: Path, env: Mapping[str, str] | None = None) -> Iterator[ServerProcess]:
-    """Voilà serving the teacher as ``wfexplore teach`` does (loopback, token, no code, a
-    preheated kernel, ready once its ready file exists), with throwaway Jupyter folders under
-    ``workdir``; stopped, with its kernels, on exit."""
+def voila_server(
+    workdir: Path, env: Mapping[str, str] | None = None, theme: str = "light"
+) -> Iterator[ServerProcess]:
+    """Voilà serving the teacher as ``wfexplore teach --theme theme`` does (loopback, token, no
+    code, a preheated kernel, ready once its ready file exists), with throwaway Jupyter
+    folders under ``workdir``; stopped, with its kernels, on exit."""
     dirs = {
         "JUPYTER_CONFIG_DIR": workdir / "jupyter-config",
         "JUPYTER_RUNTIME_DIR": workdir / "jupyter-runtime",
@@ -591,7 +593,7 @@ def voila_server(workdir: Path, env: Mapping[str, str] | None = None) -> Iterato
         d.mkdir(parents=True, exist_ok=True)
     ready = workdir / "kernel-ready"
     ready.unlink(missing_ok=True)
-    command = teach_command(port=free_port(), ready_file=ready)
+    command = teach_command(port=free_port(), ready_file=ready, theme=theme)
     server = start_server(
         command,
         workdir / "voila.log",

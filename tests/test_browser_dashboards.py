@@ -20,6 +20,7 @@ from playwright.sync_api import Browser, BrowserContext, Page
 from tests.browser import (
     ARTIFACTS_ENV,
     DARK_THEME_SETTINGS,
+    GOAL_VOILA_FIRST_FIGURE_S,
     LatencyLog,
     ServerProcess,
     browser_context,
@@ -42,6 +43,7 @@ from tests.browser import (
     save_tall_screenshot,
     sensitivity_scenario,
     shutdown_kernels,
+    time_until_drawn,
     toggle_button,
     voila_scenario,
     voila_server,
@@ -231,7 +233,7 @@ def test_own_model_notebook_runs_and_draws_three_dashboards(
 # ---------------------------------------------------------------- 4. light and dark theme
 
 
-def _teacher_readability(page: Page, theme: str, shots: Path) -> tuple[list[dict], dict]:
+def _teacher_readability(page: Page, shot: str, shots: Path) -> tuple[list[dict], dict]:
     """In a notebook that has run and shows the teacher: the contrast of every text element
     of the teacher, in the two lessons that show different callouts (two weights, then
     three), and its figures' backgrounds. Screenshots of both."""
@@ -239,7 +241,7 @@ def _teacher_readability(page: Page, theme: str, shots: Path) -> tuple[list[dict
     figure = dashboard.locator(".wfx-teacher-figure")
     wait_for_figure(figure)
     dashboard.scroll_into_view_if_needed()
-    save_tall_screenshot(page, dashboard, shots / f"lab_teacher_{theme}.png")
+    save_tall_screenshot(page, dashboard, shots / f"{shot}.png")
     found = [c.lstrip(".") for c in TEACHER_CALLOUTS if dashboard.locator(c).count()]
     assert found == [c.lstrip(".") for c in TEACHER_CALLOUTS], f"callouts shown: {found}"
     ratios = contrast_ratios(dashboard, TEACHER_TEXT)
@@ -254,7 +256,7 @@ def _teacher_readability(page: Page, theme: str, shots: Path) -> tuple[list[dict
     )
     bars = dashboard.locator(".wfx-teacher-bars")
     wait_for_figure(bars)
-    save_tall_screenshot(page, dashboard, shots / f"lab_teacher_{theme}_obd_wrong.png")
+    save_tall_screenshot(page, dashboard, shots / f"{shot}_obd_wrong.png")
     ratios += contrast_ratios(dashboard, TEACHER_TEXT)
     backgrounds["bars_paper"] = plot_backgrounds(bars)["paper"]
     return ratios, backgrounds
@@ -274,7 +276,7 @@ def test_teacher_is_readable_in_light_lab(page: Page, lab: ServerProcess, tmp_pa
         notebook = open_notebook(page, lab, TEACHER_NOTEBOOK)
         run_all_cells(page, notebook, lab)
         assert page.locator("body").get_attribute("data-jp-theme-light") == "true"
-        ratios, backgrounds = _teacher_readability(page, "light", tmp_path)
+        ratios, backgrounds = _teacher_readability(page, "lab_teacher_light", tmp_path)
     print(
         f"\n[light] {len(ratios)} text elements, lowest contrast "
         f"{min(r['ratio'] for r in ratios):.2f}; plot backgrounds {backgrounds}"
@@ -302,7 +304,7 @@ def test_teacher_is_readable_in_dark_lab(
                 assert body.get_attribute("data-jp-theme-name") == "JupyterLab Dark"
                 assert body.get_attribute("data-jp-theme-light") == "false"
                 run_all_cells(page, notebook, dark)
-                ratios, backgrounds = _teacher_readability(page, "dark", tmp_path)
+                ratios, backgrounds = _teacher_readability(page, "lab_teacher_dark", tmp_path)
                 luminance = {k: colour_luminance(page, v) for k, v in backgrounds.items()}
         finally:
             page.close()
@@ -314,6 +316,29 @@ def test_teacher_is_readable_in_dark_lab(
     assert _unreadable(ratios) == []
     assert luminance["paper"] < 0.2, f"the teacher's figure is light in dark Lab: {backgrounds}"
     assert luminance["bars_paper"] < 0.2, f"the saliency bars are light in dark Lab: {backgrounds}"
+
+
+def test_teacher_is_readable_on_a_dark_voila_server(
+    page: Page, tmp_path: Path, kernel_env: dict[str, str], latency: LatencyLog
+) -> None:
+    """``wfexplore teach --theme dark``: the preheated kernel draws dark, at once."""
+    with voila_server(tmp_path / "voila-dark", env=kernel_env, theme="dark") as server:
+        with explain_failure(page, server, tmp_path / "voila_teacher_dark_failure.png"):
+            start = time.perf_counter()
+            page.goto(server.url)
+            figure = page.locator(".wfx-teacher .wfx-teacher-figure")
+            latency.record(
+                "Voilà teacher (--theme dark): open the page → first figure",
+                time_until_drawn(figure, start),
+                GOAL_VOILA_FIRST_FIGURE_S,
+            )
+            assert page.locator("body").get_attribute("data-jp-theme-light") == "false"
+            ratios, backgrounds = _teacher_readability(page, "voila_teacher_dark", tmp_path)
+            luminance = {k: colour_luminance(page, v) for k, v in backgrounds.items()}
+    assert len(ratios) >= 10
+    assert _unreadable(ratios) == []
+    assert luminance["paper"] < 0.2, f"the teacher's figure is light on dark Voilà: {backgrounds}"
+    assert luminance["bars_paper"] < 0.2, f"the bars are light on dark Voilà: {backgrounds}"
 
 
 # ---------------------------------------------------------------- 5. the report at 1,280 px

@@ -149,6 +149,7 @@ def test_dark_theme_makes_figures_dark_and_reference_lines_light(restore_templat
 
 def test_theme_is_read_from_voila_and_from_jupyterlab_settings(monkeypatch, tmp_path):
     monkeypatch.delenv("WFEXPLORE_THEME", raising=False)
+    monkeypatch.delenv("VOILA_PREHEAT", raising=False)
     monkeypatch.setenv("QUERY_STRING", "theme=dark&x=1")
     assert theme.detect_theme() == "dark"
     monkeypatch.setenv("QUERY_STRING", "")
@@ -163,6 +164,26 @@ def test_theme_is_read_from_voila_and_from_jupyterlab_settings(monkeypatch, tmp_
     assert theme.detect_theme() == "light"
     with pytest.raises(ValueError, match="theme"):
         theme.use_theme("sepia")
+
+
+def test_a_voila_kernel_follows_the_page_not_jupyterlab(monkeypatch, tmp_path):
+    monkeypatch.delenv("WFEXPLORE_THEME", raising=False)
+    monkeypatch.delenv(theme.VOILA_THEME_ENV, raising=False)
+    settings = tmp_path / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True)
+    (settings / "themes.jupyterlab-settings").write_text(
+        '{"theme": "JupyterLab Dark"}', encoding="utf-8"
+    )
+    monkeypatch.setenv("JUPYTERLAB_SETTINGS_DIR", str(tmp_path))
+    monkeypatch.setenv("VOILA_PREHEAT", "True")
+    monkeypatch.setenv("QUERY_STRING", "token=abc")
+    assert theme.detect_theme() == "light"  # Voilà's page is light unless asked otherwise
+    monkeypatch.setenv(theme.VOILA_THEME_ENV, "dark")  # wfexplore teach --theme dark
+    assert theme.detect_theme() == "dark"
+    monkeypatch.setenv("QUERY_STRING", "theme=light&token=abc")
+    assert theme.detect_theme() == "light"  # the visitor's ?theme= wins
+    monkeypatch.setenv("WFEXPLORE_THEME", "dark")
+    assert theme.detect_theme() == "dark"  # and the environment over everything
 
 
 def test_callouts_use_the_themes_css_variables():

@@ -76,7 +76,7 @@ def test_teach_command_serves_the_teacher_without_code_on_loopback() -> None:
 def test_teach_keeps_its_token_off_the_command_line_and_does_not_move_port() -> None:
     command = servers.teach_command(port=8123, token="abc123")
     assert not any("abc123" in arg for arg in command.argv)
-    assert command.env == {"JUPYTER_TOKEN": "abc123"}
+    assert command.env["JUPYTER_TOKEN"] == "abc123"
     assert "--Voila.auto_token=True" in command.argv  # Voilà then reads JUPYTER_TOKEN
     assert "--Voila.port_retries=0" in command.argv  # the printed URL is the served one
 
@@ -110,7 +110,19 @@ def test_teach_preheats_its_kernel_and_names_the_ready_file(tmp_path: Path) -> N
     assert plain.ready_file is None and servers.READY_FILE_ENV not in plain.env
     ready = servers.teach_command(port=8123, token="abc123", ready_file=tmp_path / "r")
     assert ready.ready_file == (tmp_path / "r").resolve()
-    assert ready.env == {"JUPYTER_TOKEN": "abc123", servers.READY_FILE_ENV: str(ready.ready_file)}
+    assert ready.env[servers.READY_FILE_ENV] == str(ready.ready_file)
+
+
+def test_teach_serves_the_page_and_its_kernel_in_one_theme() -> None:
+    from wfexplore.figures import theme
+
+    assert servers.VOILA_THEME_ENV == theme.VOILA_THEME_ENV
+    light = servers.teach_command(port=8123)
+    assert "--theme=light" in light.argv and light.env[servers.VOILA_THEME_ENV] == "light"
+    dark = servers.teach_command(port=8123, theme="dark")
+    assert "--theme=dark" in dark.argv and dark.env[servers.VOILA_THEME_ENV] == "dark"
+    with pytest.raises(ValueError, match=r"--theme.*'sepia'"):
+        servers.teach_command(port=8123, theme="sepia")
 
 
 def test_the_teacher_notebook_waits_for_its_visitor_before_the_theme_and_the_teacher() -> None:
@@ -229,6 +241,8 @@ def test_cli_parses_lab_and_teach() -> None:
     assert parser.parse_args(["lab"]).folder == servers.DEFAULT_FOLDER
     teach = parser.parse_args(["teach"])
     assert (teach.command, teach.port, teach.no_browser) == ("teach", None, False)
+    assert teach.theme == "light"
+    assert parser.parse_args(["teach", "--theme", "dark"]).theme == "dark"
 
 
 def test_run_lab_copies_then_serves(

@@ -151,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
     teach = commands.add_parser("teach", help="the OBD/OBS teacher as a Voilà page (no code)")
     teach.add_argument("--port", type=_port, default=None, help="port on 127.0.0.1 (default: free)")
     teach.add_argument("--no-browser", action="store_true", help="print the URL, open no browser")
+    teach.add_argument(
+        "--theme",
+        choices=servers.THEMES,
+        default="light",
+        help="the page's theme, and its preheated kernel's (a visit may still ask ?theme=)",
+    )
     return parser
 
 
@@ -240,7 +246,7 @@ def lab(args: argparse.Namespace) -> int:
 
 def teach(args: argparse.Namespace) -> int:
     try:
-        return servers.run_teach(port=args.port, open_browser=not args.no_browser)
+        return servers.run_teach(port=args.port, open_browser=not args.no_browser, theme=args.theme)
     except servers.PortInUse as err:
         print(f"wfexplore teach: error: {err}", file=sys.stderr)
         return 2

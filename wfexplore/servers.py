@@ -27,6 +27,9 @@ READY_FILE_ENV = "WFEXPLORE_READY_FILE"
 #: seconds Voilà waits, after a visitor takes the preheated kernel, before preheating the next
 #: (so that the next kernel's imports do not compete with the visitor's first figure)
 REFILL_DELAY_S = 2.0
+#: Voilà's page themes; the server's default reaches its kernels in this variable
+THEMES = ("light", "dark")
+VOILA_THEME_ENV = "WFEXPLORE_VOILA_THEME"  # read by wfexplore.figures.theme
 
 
 def notebooks_dir() -> Path:
@@ -167,6 +170,7 @@ def teach_command(
     notebook: str | os.PathLike | None = None,
     extra_args: Sequence[str] = (),
     ready_file: str | os.PathLike | None = None,
+    theme: str = "light",
 ) -> ServerCommand:
     """Voilà serving the OBD/OBS teacher without its code, bound to 127.0.0.1, with a token.
 
@@ -177,9 +181,11 @@ def teach_command(
     The kernel is preheated: Voilà starts it with the server and runs the notebook up to
     :func:`wait_for_visitor` (the imports, a few seconds), so a visitor's page only builds the
     teacher. That kernel then creates ``ready_file`` (when given), which says the first visit
-    will be quick. A visit whose ``?theme=`` differs from Voilà's default (light) is served
-    by a fresh kernel instead, as without preheating.
+    will be quick. The page and that kernel follow ``theme``; a visit whose ``?theme=``
+    differs is served by a kernel started for it, as without preheating.
     """
+    if theme not in THEMES:
+        raise ValueError(f"theme must be one of {', '.join(THEMES)} (--theme), got {theme!r}")
     path = Path(notebook) if notebook is not None else notebooks_dir() / TEACHER
     path = path.expanduser().resolve()
     if not path.is_file():
@@ -198,11 +204,12 @@ def teach_command(
         "--Voila.auto_token=True",
         "--strip_sources=True",
         "--template=lab",
+        f"--theme={theme}",
         "--preheat_kernel=True",
         f"--VoilaKernelManager.fill_delay={REFILL_DELAY_S}",
         *extra_args,
     ]
-    env = {"JUPYTER_TOKEN": token}
+    env = {"JUPYTER_TOKEN": token, VOILA_THEME_ENV: theme}
     ready = None
     if ready_file is not None:
         ready = Path(ready_file).expanduser().resolve()
@@ -345,12 +352,13 @@ def run_lab(
     return _serve(lab_command(report.folder, port=port), open_browser, "JupyterLab")
 
 
-def run_teach(port: int | None = None, open_browser: bool = True) -> int:
-    """Serve the OBD/OBS teacher as a Voilà page (no code shown); a ``port`` that is taken
-    is refused (:class:`PortInUse`). The address is printed (and a browser opened) once the
-    preheated kernel is ready, so that the first visit shows the teacher within seconds."""
+def run_teach(port: int | None = None, open_browser: bool = True, theme: str = "light") -> int:
+    """Serve the OBD/OBS teacher as a Voilà page (no code shown) in ``theme``; a ``port`` that
+    is taken is refused (:class:`PortInUse`). The address is printed (and a browser opened)
+    once the preheated kernel is ready, so that the first visit shows the teacher within
+    seconds."""
     if port is not None:
         check_port_free(port)
     with tempfile.TemporaryDirectory(prefix="wfexplore-teach-") as folder:
-        command = teach_command(port=port, ready_file=Path(folder) / "kernel-ready")
+        command = teach_command(port=port, ready_file=Path(folder) / "kernel-ready", theme=theme)
         return _serve(command, open_browser, "The OBD/OBS teacher")

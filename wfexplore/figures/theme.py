@@ -3,11 +3,12 @@
 A kernel cannot ask the browser for its theme, so :func:`detect_theme` reads what it can:
 
 1. the environment variable ``WFEXPLORE_THEME`` (``"dark"`` or ``"light"``), which wins;
-2. Voilà's request, which Voilà hands to the kernel as ``QUERY_STRING``
-   (``?theme=dark`` in the address);
-3. JupyterLab's saved theme setting (``@jupyterlab/apputils-extension:themes`` in the user
-   settings folder, ``$JUPYTERLAB_SETTINGS_DIR`` or ``~/.jupyter/lab/user-settings``): a
-   theme whose name contains "dark" counts as dark.
+2. in a kernel Voilà started (it sets ``VOILA_PREHEAT``), the page's theme: the request's
+   ``?theme=dark``, which Voilà hands to the kernel as ``QUERY_STRING``, else the server's
+   default theme, ``WFEXPLORE_VOILA_THEME`` (set by ``wfexplore teach --theme``) or light;
+3. elsewhere, JupyterLab's saved theme setting (``@jupyterlab/apputils-extension:themes``
+   in the user settings folder, ``$JUPYTERLAB_SETTINGS_DIR`` or
+   ``~/.jupyter/lab/user-settings``): a theme whose name contains "dark" counts as dark.
 
 :func:`use_theme` makes the matching plotly template the default, so every figure built
 afterwards follows it; the figure factories pick line and marker colours that stay visible
@@ -28,6 +29,7 @@ import plotly.io as pio
 __all__ = [
     "DARK_TEMPLATE",
     "LIGHT_TEMPLATE",
+    "VOILA_THEME_ENV",
     "callout_style",
     "detect_theme",
     "ink",
@@ -37,6 +39,8 @@ __all__ = [
 ]
 
 DARK_TEMPLATE = "wfexplore_dark"
+#: the default theme of a Voilà server, for its kernels (Voilà's ``--theme``)
+VOILA_THEME_ENV = "WFEXPLORE_VOILA_THEME"
 LIGHT_TEMPLATE = "wfexplore_light"
 _THEMES = ("light", "dark")
 _LAB_THEME_FILE = Path("@jupyterlab") / "apputils-extension" / "themes.jupyterlab-settings"
@@ -74,7 +78,7 @@ def _lab_theme() -> str | None:
 
 
 def detect_theme() -> str:
-    """``"dark"`` or ``"light"``: the environment, Voilà's ``?theme=``, JupyterLab's setting."""
+    """``"dark"`` or ``"light"``: the environment, Voilà's page, JupyterLab's setting."""
     given = os.environ.get("WFEXPLORE_THEME", "").strip().lower()
     if given in _THEMES:
         return given
@@ -82,6 +86,9 @@ def detect_theme() -> str:
     voila = (query.get("theme") or [""])[0].lower()
     if voila:
         return "dark" if "dark" in voila else "light"
+    if "VOILA_PREHEAT" in os.environ:  # a Voilà page, whatever JupyterLab's setting says
+        default = os.environ.get(VOILA_THEME_ENV, "light").strip().lower()
+        return "dark" if "dark" in default else "light"
     return _lab_theme() or "light"
 
 

@@ -78,7 +78,7 @@ PRESETS: dict[str, dict[str, float]] = {
 _DESCRIPTIONS = {
     "h11": "curvature h11 of w1",
     "h22": "curvature h22 of w2",
-    "c": "correlation c of w1, w2",
+    "c": "w1–w2 correlation c",
     "w1": "trained weight w1*",
     "w2": "trained weight w2*",
     "h33": "curvature h33 of w3",
