@@ -1106,6 +1106,7 @@ def voila_scenario(page: Page, server: ServerProcess, log: LatencyLog) -> dict:
         GOAL_VOILA_FIRST_FIGURE_S,
     )
     seen: dict = {"figure_start": figure_data(figure.first), "stale": ""}
+    seen["preheated_first"] = preheated_visits(server)
     slider = page.locator(".wfx-teacher .wfx-teacher-w1").first
     table = page.locator(".wfx-teacher .wfx-teacher-table").first
     handle, key = focus_slider(slider)
@@ -1134,7 +1135,13 @@ def voila_scenario(page: Page, server: ServerProcess, log: LatencyLog) -> dict:
         "a kernel started for the visit (the preheated one is light)",
     )
     seen["dark_paper"] = colour_luminance(page, plot_backgrounds(figure.first)["paper"])
+    seen["preheated_then_dark"] = preheated_visits(server)
     return seen
+
+
+def preheated_visits(server: ServerProcess) -> int:
+    """How many visits Voilà has served with a preheated kernel (from its log)."""
+    return server.log.read_text(encoding="utf-8", errors="replace").count("Using pre-heated kernel")
 
 
 # ---------------------------------------------------------------- colours and layout

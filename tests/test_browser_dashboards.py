@@ -38,6 +38,7 @@ from tests.browser import (
     open_file_offline,
     open_notebook,
     plot_backgrounds,
+    preheated_visits,
     run_all_cells,
     save_screenshot,
     save_tall_screenshot,
@@ -333,6 +334,7 @@ def test_teacher_is_readable_on_a_dark_voila_server(
                 GOAL_VOILA_FIRST_FIGURE_S,
             )
             assert page.locator("body").get_attribute("data-jp-theme-light") == "false"
+            assert preheated_visits(server) == 1, "the visit did not get the preheated kernel"
             ratios, backgrounds = _teacher_readability(page, "voila_teacher_dark", tmp_path)
             luminance = {k: colour_luminance(page, v) for k, v in backgrounds.items()}
     assert len(ratios) >= 10
@@ -406,6 +408,8 @@ def test_voila_teacher_first_figure(
             seen = voila_scenario(page, server, latency)
             assert page.locator(".jp-InputArea-editor, .cm-editor").count() == 0, "code shown"
     assert seen["figure_start"] and seen["figure_moved"] != seen["figure_start"]
+    assert seen["preheated_first"] == 1, "the first visit did not get the preheated kernel"
+    assert seen["preheated_then_dark"] == 1, "?theme=dark was served by the light kernel"
     assert seen["light_paper"] > 0.5, "the teacher's figure is dark in Voilà's light theme"
     assert seen["dark_paper"] < 0.2, "the teacher's figure is light on Voilà's ?theme=dark"
     if seen["stale"]:  # intermittent: a product bug to look into, not a reason to fail here

@@ -18,6 +18,7 @@ from wfexplore.figures.curvature import (
     dominance_histograms,
 )
 from wfexplore.figures.pruning import CATEGORY_NAMES, accuracy_vs_sparsity, mask_figure
+from wfexplore.preheat import VOILA_THEME_ENV
 from wfexplore.statistics import diagonal_dominance
 
 WIDTH = 1000  # px: a Lab window of 1,400 px with the file browser open
@@ -168,7 +169,7 @@ def test_theme_is_read_from_voila_and_from_jupyterlab_settings(monkeypatch, tmp_
 
 def test_a_voila_kernel_follows_the_page_not_jupyterlab(monkeypatch, tmp_path):
     monkeypatch.delenv("WFEXPLORE_THEME", raising=False)
-    monkeypatch.delenv(theme.VOILA_THEME_ENV, raising=False)
+    monkeypatch.delenv(VOILA_THEME_ENV, raising=False)
     settings = tmp_path / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True)
     (settings / "themes.jupyterlab-settings").write_text(
@@ -178,7 +179,7 @@ def test_a_voila_kernel_follows_the_page_not_jupyterlab(monkeypatch, tmp_path):
     monkeypatch.setenv("VOILA_PREHEAT", "True")
     monkeypatch.setenv("QUERY_STRING", "token=abc")
     assert theme.detect_theme() == "light"  # Voilà's page is light unless asked otherwise
-    monkeypatch.setenv(theme.VOILA_THEME_ENV, "dark")  # wfexplore teach --theme dark
+    monkeypatch.setenv(VOILA_THEME_ENV, "dark")  # wfexplore teach --theme dark
     assert theme.detect_theme() == "dark"
     monkeypatch.setenv("QUERY_STRING", "theme=light&token=abc")
     assert theme.detect_theme() == "light"  # the visitor's ?theme= wins

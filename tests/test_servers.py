@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from wfexplore import servers
+from wfexplore import preheat, servers
 from wfexplore.cli import build_parser
 
 REPO = Path(__file__).resolve().parent.parent
@@ -107,20 +107,17 @@ def test_teach_preheats_its_kernel_and_names_the_ready_file(tmp_path: Path) -> N
     plain = servers.teach_command(port=8123, token="abc123")
     assert "--preheat_kernel=True" in plain.argv
     assert f"--VoilaKernelManager.fill_delay={servers.REFILL_DELAY_S}" in plain.argv
-    assert plain.ready_file is None and servers.READY_FILE_ENV not in plain.env
+    assert plain.ready_file is None and preheat.READY_FILE_ENV not in plain.env
     ready = servers.teach_command(port=8123, token="abc123", ready_file=tmp_path / "r")
     assert ready.ready_file == (tmp_path / "r").resolve()
-    assert ready.env[servers.READY_FILE_ENV] == str(ready.ready_file)
+    assert ready.env[preheat.READY_FILE_ENV] == str(ready.ready_file)
 
 
 def test_teach_serves_the_page_and_its_kernel_in_one_theme() -> None:
-    from wfexplore.figures import theme
-
-    assert servers.VOILA_THEME_ENV == theme.VOILA_THEME_ENV
     light = servers.teach_command(port=8123)
-    assert "--theme=light" in light.argv and light.env[servers.VOILA_THEME_ENV] == "light"
+    assert "--theme=light" in light.argv and light.env[preheat.VOILA_THEME_ENV] == "light"
     dark = servers.teach_command(port=8123, theme="dark")
-    assert "--theme=dark" in dark.argv and dark.env[servers.VOILA_THEME_ENV] == "dark"
+    assert "--theme=dark" in dark.argv and dark.env[preheat.VOILA_THEME_ENV] == "dark"
     with pytest.raises(ValueError, match=r"--theme.*'sepia'"):
         servers.teach_command(port=8123, theme="sepia")
 
@@ -142,11 +139,11 @@ def test_wait_for_visitor_returns_at_once_outside_a_preheated_kernel(
     import voila.utils
 
     monkeypatch.delenv("VOILA_PREHEAT", raising=False)
-    monkeypatch.setenv(servers.READY_FILE_ENV, str(tmp_path / "ready"))
+    monkeypatch.setenv(preheat.READY_FILE_ENV, str(tmp_path / "ready"))
     monkeypatch.setattr(voila.utils, "wait_for_request", lambda: pytest.fail("waited"))
-    servers.wait_for_visitor()
+    preheat.wait_for_visitor()
     monkeypatch.setenv("VOILA_PREHEAT", "False")  # what Voilà sets in a kernel for one visit
-    servers.wait_for_visitor()
+    preheat.wait_for_visitor()
     assert not (tmp_path / "ready").exists()
 
 
@@ -158,9 +155,9 @@ def test_wait_for_visitor_says_ready_then_waits_in_a_preheated_kernel(
     ready = tmp_path / "ready"
     seen = []
     monkeypatch.setenv("VOILA_PREHEAT", "True")
-    monkeypatch.setenv(servers.READY_FILE_ENV, str(ready))
+    monkeypatch.setenv(preheat.READY_FILE_ENV, str(ready))
     monkeypatch.setattr(voila.utils, "wait_for_request", lambda: seen.append(ready.exists()))
-    servers.wait_for_visitor()
+    preheat.wait_for_visitor()
     assert seen == [True]
 
 
@@ -177,25 +174,32 @@ with socket.socket() as s:
 """
 
 
-@pytest.mark.parametrize("becomes_ready", [True, False])
+@pytest.mark.parametrize("kernel", ["ready", "exits", "slow"])
 def test_teach_prints_its_address_once_the_kernel_is_ready(
-    becomes_ready: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+    kernel: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     ready = tmp_path / "ready"
+    ready.touch()  # left by an earlier server: must not count
     port = servers.free_port()
-    touched = str(ready) if becomes_ready else ""
+    touched = str(ready) if kernel == "ready" else ""
     argv = [sys.executable, "-c", _LISTEN_THEN_READY, str(port), touched, "1.0"]
     command = servers.ServerCommand(argv, {}, "http://addr", port, "t", tmp_path, ready)
     opened = []
     monkeypatch.setattr(servers.webbrowser, "open", lambda url: opened.append(ready.exists()))
+    if kernel == "slow":
+        monkeypatch.setattr(servers, "READY_WAIT_S", 1.5)
     assert servers._serve(command, True, "The teacher") == 0
     time.sleep(0.5)  # the announcing thread polls every 0.2 s
     out = capsys.readouterr().out
-    if becomes_ready:
+    if kernel == "ready":
         assert "The teacher is running at" in out and "http://addr" in out
+        assert "not reported" not in out
         assert opened == [True], "the browser was opened before the kernel was ready"
-    else:  # the server exited without ever being ready: nothing to visit
+    elif kernel == "exits":  # the server exited without ever being ready: nothing to visit
         assert "running at" not in out and opened == []
+    else:  # still listening, never ready: the address anyway, saying so
+        assert "http://addr" in out and "has not reported ready in 2 s" in out
+        assert opened == [False]
 
 
 def test_run_teach_gives_a_ready_file_in_a_folder_it_removes(

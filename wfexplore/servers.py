@@ -19,17 +19,17 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from wfexplore.preheat import READY_FILE_ENV, THEMES, VOILA_THEME_ENV
+
 HOST = "127.0.0.1"
 TEACHER = "teach.ipynb"
 DEFAULT_FOLDER = "wfexplore-notebooks"
-#: names the file a preheated teacher kernel creates once its imports are done
-READY_FILE_ENV = "WFEXPLORE_READY_FILE"
-#: seconds Voilà waits, after a visitor takes the preheated kernel, before preheating the next
-#: (so that the next kernel's imports do not compete with the visitor's first figure)
+#: seconds Voilà waits, after a visitor takes the preheated kernel, before preheating the
+#: next: on 2 cores 2 s cost the first figure 0.2 s against 5 s, and a second visit at once
+#: took 3.2 s against 6 s
 REFILL_DELAY_S = 2.0
-#: Voilà's page themes; the server's default reaches its kernels in this variable
-THEMES = ("light", "dark")
-VOILA_THEME_ENV = "WFEXPLORE_VOILA_THEME"  # read by wfexplore.figures.theme
+#: how long the address waits for the preheated kernel before it is printed anyway
+READY_WAIT_S = 60.0
 
 
 def notebooks_dir() -> Path:
@@ -179,10 +179,10 @@ def teach_command(
     to another port (``port_retries=0``), so the URL printed is the one served.
 
     The kernel is preheated: Voilà starts it with the server and runs the notebook up to
-    :func:`wait_for_visitor` (the imports, a few seconds), so a visitor's page only builds the
-    teacher. That kernel then creates ``ready_file`` (when given), which says the first visit
-    will be quick. The page and that kernel follow ``theme``; a visit whose ``?theme=``
-    differs is served by a kernel started for it, as without preheating.
+    :func:`wfexplore.preheat.wait_for_visitor` (the imports, a few seconds), so a visitor's
+    page only builds the teacher. That kernel then creates ``ready_file`` (when given), which
+    says the first visit will be quick. The page and that kernel follow ``theme``; a visit
+    whose ``?theme=`` differs is served by a kernel started for it, as without preheating.
     """
     if theme not in THEMES:
         raise ValueError(f"theme must be one of {', '.join(THEMES)} (--theme), got {theme!r}")
@@ -218,21 +218,6 @@ def teach_command(
     return ServerCommand(argv, env, url, port, token, path.parent, ready)
 
 
-def wait_for_visitor() -> None:
-    """In a kernel Voilà preheats: create the file named by ``$WFEXPLORE_READY_FILE`` (the
-    imports before this call are done) and wait for the visitor's request, after which
-    ``os.environ`` holds its ``QUERY_STRING`` (``theme=dark``). Anywhere else (JupyterLab, a
-    kernel Voilà starts for one visit) it returns at once."""
-    if os.environ.get("VOILA_PREHEAT") != "True":
-        return
-    from voila.utils import wait_for_request
-
-    ready = os.environ.get(READY_FILE_ENV)
-    if ready:
-        Path(ready).touch()
-    wait_for_request()
-
-
 def _wait_until(done: Callable[[], bool], timeout: float, process: subprocess.Popen | None) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -266,12 +251,16 @@ def wait_for_ready_file(
 
 
 def _serve(command: ServerCommand, open_browser: bool, what: str) -> int:
-    """Run a server in the foreground until it exits or Ctrl-C; open a browser when it listens.
+    """Run a server in the foreground until it exits or Ctrl-C; print its address and open a
+    browser when it listens and, if it has a ready file, once that exists (after
+    ``READY_WAIT_S`` the address is printed anyway, saying the kernel has not reported).
 
     SIGTERM and SIGHUP stop the server with us; one that arrives while it is starting is
     held until the server process is known, so that it is never left running.
     """
     env = {**os.environ, **command.env}
+    if command.ready_file is not None:
+        command.ready_file.unlink(missing_ok=True)  # only this server's kernel may create it
     started: list[subprocess.Popen] = []
     restore, pending = _stop_on_signals(started)
     try:
@@ -279,25 +268,9 @@ def _serve(command: ServerCommand, open_browser: bool, what: str) -> int:
         process = started[0]
         if pending.is_set():
             raise KeyboardInterrupt
-
-        def announce() -> None:
-            if not wait_for_port(command.port, timeout=120.0, process=process):
-                return
-            note = ""
-            if command.ready_file is not None and not wait_for_ready_file(
-                command.ready_file, timeout=120.0, process=process
-            ):
-                if process.poll() is not None:
-                    return
-                note = "(still preparing its kernel: the first visit may take a while)\n"
-            print(
-                f"\n{what} is running at\n\n    {command.url}\n{note}\nCtrl-C stops it.\n",
-                flush=True,
-            )
-            if open_browser:
-                webbrowser.open(command.url)
-
-        threading.Thread(target=announce, daemon=True).start()
+        threading.Thread(
+            target=_announce, args=(command, process, open_browser, what), daemon=True
+        ).start()
         return process.wait()
     except KeyboardInterrupt:
         if not started:
@@ -310,6 +283,27 @@ def _serve(command: ServerCommand, open_browser: bool, what: str) -> int:
             return started[0].wait()
     finally:
         restore()
+
+
+def _announce(
+    command: ServerCommand, process: subprocess.Popen, open_browser: bool, what: str
+) -> None:
+    """Print the address (and open a browser) once the server listens and its kernel is ready."""
+    if not wait_for_port(command.port, timeout=120.0, process=process):
+        return
+    note = ""
+    if command.ready_file is not None and not wait_for_ready_file(
+        command.ready_file, timeout=READY_WAIT_S, process=process
+    ):
+        if process.poll() is not None:
+            return
+        note = (
+            f"(its kernel has not reported ready in {READY_WAIT_S:.0f} s: the first "
+            "visit may be slow, or the notebook failed; see the messages above)\n"
+        )
+    print(f"\n{what} is running at\n\n    {command.url}\n{note}\nCtrl-C stops it.\n", flush=True)
+    if open_browser:
+        webbrowser.open(command.url)
 
 
 def _stop_on_signals(started: list) -> tuple[Callable[[], None], threading.Event]:

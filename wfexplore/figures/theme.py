@@ -26,10 +26,11 @@ from urllib.parse import parse_qs
 import plotly.graph_objects as go
 import plotly.io as pio
 
+from wfexplore.preheat import THEMES, VOILA_THEME_ENV, in_voila
+
 __all__ = [
     "DARK_TEMPLATE",
     "LIGHT_TEMPLATE",
-    "VOILA_THEME_ENV",
     "callout_style",
     "detect_theme",
     "ink",
@@ -39,10 +40,7 @@ __all__ = [
 ]
 
 DARK_TEMPLATE = "wfexplore_dark"
-#: the default theme of a Voilà server, for its kernels (Voilà's ``--theme``)
-VOILA_THEME_ENV = "WFEXPLORE_VOILA_THEME"
 LIGHT_TEMPLATE = "wfexplore_light"
-_THEMES = ("light", "dark")
 _LAB_THEME_FILE = Path("@jupyterlab") / "apputils-extension" / "themes.jupyterlab-settings"
 
 
@@ -80,13 +78,13 @@ def _lab_theme() -> str | None:
 def detect_theme() -> str:
     """``"dark"`` or ``"light"``: the environment, Voilà's page, JupyterLab's setting."""
     given = os.environ.get("WFEXPLORE_THEME", "").strip().lower()
-    if given in _THEMES:
+    if given in THEMES:
         return given
     query = parse_qs(os.environ.get("QUERY_STRING", ""))
     voila = (query.get("theme") or [""])[0].lower()
     if voila:
         return "dark" if "dark" in voila else "light"
-    if "VOILA_PREHEAT" in os.environ:  # a Voilà page, whatever JupyterLab's setting says
+    if in_voila():  # a Voilà page, whatever JupyterLab's setting says
         default = os.environ.get(VOILA_THEME_ENV, "light").strip().lower()
         return "dark" if "dark" in default else "light"
     return _lab_theme() or "light"
@@ -99,7 +97,7 @@ def use_theme(theme: str = "auto") -> str:
     """
     if theme == "auto":
         theme = detect_theme()
-    if theme not in _THEMES:
+    if theme not in THEMES:
         raise ValueError(f"theme must be 'auto', 'light' or 'dark', got {theme!r}")
     register_templates()
     pio.templates.default = DARK_TEMPLATE if theme == "dark" else LIGHT_TEMPLATE
