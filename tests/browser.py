@@ -1097,13 +1097,8 @@ def voila_scenario(page: Page, server: ServerProcess, log: LatencyLog) -> dict:
     (the preheated kernel ready), from opening the address to the first figure, one step of
     the w1 slider, then opening it dark (``?theme=dark``); the figures' paper luminances."""
     log.record("Voilà teacher: start the server → address printed", server.ready_s, None)
-    start = time.perf_counter()
-    page.goto(server.url)
-    figure = page.locator(".wfx-teacher .wfx-teacher-figure")
-    log.record(
-        "Voilà teacher: open the page → first figure",
-        time_until_drawn(figure, start),
-        GOAL_VOILA_FIRST_FIGURE_S,
+    figure = open_teacher(
+        page, server.url, log, "Voilà teacher: open the page", GOAL_VOILA_FIRST_FIGURE_S
     )
     seen: dict = {"figure_start": figure_data(figure.first), "stale": ""}
     seen["preheated_first"] = preheated_visits(server)
@@ -1126,17 +1121,29 @@ def voila_scenario(page: Page, server: ServerProcess, log: LatencyLog) -> dict:
     log.record("Voilà teacher: w1 slider → figure", seconds, GOAL_CACHED_S, note)
     seen["figure_moved"] = figure_data(figure.first)
     seen["light_paper"] = colour_luminance(page, plot_backgrounds(figure.first)["paper"])
-    start = time.perf_counter()
-    page.goto(f"{server.url}&theme=dark")
-    log.record(
-        "Voilà teacher: open ?theme=dark → first figure",
-        time_until_drawn(figure, start),
+    open_teacher(
+        page,
+        f"{server.url}&theme=dark",
+        log,
+        "Voilà teacher: open ?theme=dark",
         None,
         "a kernel started for the visit (the preheated one is light)",
     )
     seen["dark_paper"] = colour_luminance(page, plot_backgrounds(figure.first)["paper"])
     seen["preheated_then_dark"] = preheated_visits(server)
     return seen
+
+
+def open_teacher(
+    page: Page, url: str, log: LatencyLog, what: str, goal_s: float | None, note: str = ""
+) -> Locator:
+    """Open the Voilà teacher at ``url`` and record, as ``what → first figure``, the seconds
+    until its figure is drawn; the figure."""
+    start = time.perf_counter()
+    page.goto(url)
+    figure = page.locator(".wfx-teacher .wfx-teacher-figure")
+    log.record(f"{what} → first figure", time_until_drawn(figure, start), goal_s, note)
+    return figure
 
 
 def preheated_visits(server: ServerProcess) -> int:

@@ -37,6 +37,7 @@ from tests.browser import (
     loopback_only,
     open_file_offline,
     open_notebook,
+    open_teacher,
     plot_backgrounds,
     preheated_visits,
     run_all_cells,
@@ -44,7 +45,6 @@ from tests.browser import (
     save_tall_screenshot,
     sensitivity_scenario,
     shutdown_kernels,
-    time_until_drawn,
     toggle_button,
     voila_scenario,
     voila_server,
@@ -325,12 +325,11 @@ def test_teacher_is_readable_on_a_dark_voila_server(
     """``wfexplore teach --theme dark``: the preheated kernel draws dark, at once."""
     with voila_server(tmp_path / "voila-dark", env=kernel_env, theme="dark") as server:
         with explain_failure(page, server, tmp_path / "voila_teacher_dark_failure.png"):
-            start = time.perf_counter()
-            page.goto(server.url)
-            figure = page.locator(".wfx-teacher .wfx-teacher-figure")
-            latency.record(
-                "Voilà teacher (--theme dark): open the page → first figure",
-                time_until_drawn(figure, start),
+            open_teacher(
+                page,
+                server.url,
+                latency,
+                "Voilà teacher (--theme dark): open the page",
                 GOAL_VOILA_FIRST_FIGURE_S,
             )
             assert page.locator("body").get_attribute("data-jp-theme-light") == "false"
