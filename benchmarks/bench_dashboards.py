@@ -9,8 +9,8 @@ real JupyterLab and Voilà driven by headless Debian Chromium, but without
 taken back, the group OBS update, another number of steps: a new sweep, unless the
 notebook's own sweep cached it), notebook 3's sensitivity explorer (layer
 dropdown, log axes, all layers), notebook 2's Fisher explorer (damping λ slider) and the
-Voilà teacher page (server start to address printed, first figure, w1 slider, then the page
-opened with ``?theme=dark``). Each wait runs from the click or key press to
+Voilà teacher page (server start to address printed, first figure, w1 slider, the page
+opened again at once, then with ``?theme=dark``). Each wait runs from the click or key press to
 the figure's change, polled every 50 ms.
 
 It prints a table: control, measured seconds, goal, and the machine's 1-minute load average

@@ -1095,7 +1095,8 @@ def fisher_scenario(
 def voila_scenario(page: Page, server: ServerProcess, log: LatencyLog) -> dict:
     """The Voilà teacher page: the time from starting the server to its address being printed
     (the preheated kernel ready), from opening the address to the first figure, one step of
-    the w1 slider, then opening it dark (``?theme=dark``); the figures' paper luminances."""
+    the w1 slider, opening it again at once, then dark (``?theme=dark``); the figures' paper
+    luminances and how many visits got a preheated kernel."""
     log.record("Voilà teacher: start the server → address printed", server.ready_s, None)
     figure = open_teacher(
         page, server.url, log, "Voilà teacher: open the page", GOAL_VOILA_FIRST_FIGURE_S
@@ -1121,6 +1122,15 @@ def voila_scenario(page: Page, server: ServerProcess, log: LatencyLog) -> dict:
     log.record("Voilà teacher: w1 slider → figure", seconds, GOAL_CACHED_S, note)
     seen["figure_moved"] = figure_data(figure.first)
     seen["light_paper"] = colour_luminance(page, plot_backgrounds(figure.first)["paper"])
+    open_teacher(
+        page,
+        server.url,
+        log,
+        "Voilà teacher: open it again at once",
+        GOAL_VOILA_FIRST_FIGURE_S,
+        "the next visitor, while the next kernel is preheated",
+    )
+    seen["preheated_before_dark"] = preheated_visits(server)
     open_teacher(
         page,
         f"{server.url}&theme=dark",

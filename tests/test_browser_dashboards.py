@@ -408,7 +408,9 @@ def test_voila_teacher_first_figure(
             assert page.locator(".jp-InputArea-editor, .cm-editor").count() == 0, "code shown"
     assert seen["figure_start"] and seen["figure_moved"] != seen["figure_start"]
     assert seen["preheated_first"] == 1, "the first visit did not get the preheated kernel"
-    assert seen["preheated_then_dark"] == 1, "?theme=dark was served by the light kernel"
+    assert seen["preheated_then_dark"] == seen["preheated_before_dark"], (
+        "?theme=dark was served by the light kernel"
+    )
     assert seen["light_paper"] > 0.5, "the teacher's figure is dark in Voilà's light theme"
     assert seen["dark_paper"] < 0.2, "the teacher's figure is light on Voilà's ?theme=dark"
     if seen["stale"]:  # intermittent: a product bug to look into, not a reason to fail here
